@@ -1,0 +1,111 @@
+"""Behaviour on counterfactual pairs, explanation labels, and reading explanations back.
+
+B(M): the model's greedy answer on x (with C) and on x\\C (without C), batched.
+E(M): for each pair, did removing C change the answer (the verdict), and what the answer without C is.
+The text follows the predecessor paper's input-ablation format, shortened to this tokenizer:
+    query:   <x up to its answer slot> if the hint were removed ?
+    target:  would remain B .            (removing C leaves the answer B)
+             would change to A .         (removing C changes the answer to A)
+"""
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from data import END, END_ID, check_fraction, decode, encode
+from train import case_logprobs
+
+QUERY = " if the {feature} were removed ?"
+REMAIN, CHANGE = " would remain {answer} .", " would change to {answer} ."
+MAX_EXPLANATION_TOKENS = 6  # " would change to X ." and the end token
+_PATTERN = re.compile(r"^ would (remain|change to) (\S+) \.$")
+
+
+@dataclass
+class Labels:
+    """Per item: changed (1 if removing C changes the answer, else 0) and the answer index without C.
+    Explanations read back from text use the same type, with -1 in both fields where the text was
+    malformed, so a malformed explanation never matches any label."""
+    changed: np.ndarray
+    answer: np.ndarray
+
+    def __len__(self):
+        return len(self.changed)
+
+    def matches(self, other):
+        """Per item: both the verdict and the counterfactual answer agree (the exact match)."""
+        return (self.changed == other.changed) & (self.answer == other.answer)
+
+    def to_lists(self):
+        return {"changed": self.changed.tolist(), "answer": self.answer.tolist()}
+
+
+def pair_cases(task, items):
+    """The cases of the pairs (x, x\\C): all items with C, then the same items without C."""
+    return list(items) + [task.without_feature(c) for c in items]
+
+
+def behaviour(model, task, items):
+    """B(M): answers with C and without C for each item, in one batched pass over both."""
+    answers = case_logprobs(model, task, pair_cases(task, items)).argmax(-1).numpy()
+    return answers[: len(items)], answers[len(items):]
+
+
+def labels_from_behaviour(with_c, without_c):
+    """E(M) from B(M)."""
+    return Labels(changed=(with_c != without_c).astype(int), answer=np.asarray(without_c, dtype=int))
+
+
+def self_labels(model, task, items):
+    """E(M) for a model: what its own behaviour says about removing C on each item."""
+    return labels_from_behaviour(*behaviour(model, task, items))
+
+
+def explanation_query(task, case, query=QUERY):
+    return task.render_body(case) + query.format(feature=task.feature)
+
+
+def explanation_text(task, changed, answer):
+    return (CHANGE if changed else REMAIN).format(answer=task.answers[answer]) + END
+
+
+def explanation_data(task, items, labels, query=QUERY):
+    """Training sequences for stage B: (query ids, target ids) per item."""
+    return [(encode(explanation_query(task, case, query)), encode(explanation_text(task, c, a)))
+            for case, c, a in zip(items, labels.changed, labels.answer)]
+
+
+def parse_explanation(task, text):
+    """(changed, answer index) from a generated explanation, or None if it is malformed."""
+    match = _PATTERN.match(text)
+    if not match or match.group(2) not in task.answers:
+        return None
+    return int(match.group(1) == "change to"), task.answers.index(match.group(2))
+
+
+def explain(model, task, items, query=QUERY, batch_size=1024):
+    """The model's own explanations of the items, generated greedily and read back into Labels."""
+    changed, answer = [], []
+    for i in range(0, len(items), batch_size):
+        prompts = [encode(explanation_query(task, c, query)) for c in items[i: i + batch_size]]
+        for tokens in model.generate(prompts, MAX_EXPLANATION_TOKENS, stop_id=END_ID):
+            parsed = parse_explanation(task, decode(tokens))
+            changed.append(parsed[0] if parsed else -1)
+            answer.append(parsed[1] if parsed else -1)
+    return Labels(np.array(changed, dtype=int), np.array(answer, dtype=int))
+
+
+def add_label_noise(task, labels, with_c, fraction, rng):
+    """Flip the verdict of exactly round(fraction * n) labels, keeping each one a label the task could
+    produce given the answer with C: a "remain X" becomes "change to Y" with Y != X drawn at random, and
+    a "change to Y" becomes "remain Z", Z being the answer with C. Returns (labels, flipped indices)."""
+    check_fraction("label noise", fraction)
+    flip = np.sort(rng.choice(len(labels), size=int(round(fraction * len(labels))), replace=False))
+    changed, answer = labels.changed.copy(), labels.answer.copy()
+    n_answers = len(task.answers)
+    for i in flip:
+        if changed[i]:
+            changed[i], answer[i] = 0, with_c[i]
+        else:
+            changed[i], answer[i] = 1, (answer[i] + rng.integers(1, n_answers)) % n_answers
+    return Labels(changed, answer), flip

@@ -1,0 +1,194 @@
+"""A small GPT in one file: pre-norm blocks, causal self-attention, weight tying, optional LoRA.
+
+Nothing here knows about tasks. Prompts arrive as lists of token ids of different lengths; they are
+right-padded, so with causal attention a real token never attends to padding and the log-probabilities
+at a prompt's last real position are the same whatever else is in the batch.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int
+    block_size: int = 64
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 64
+    lora_rank: int = 0  # 0: no adapters; r > 0 adds rank-r adapters to every attention and MLP projection
+    lora_alpha: float = 16.0
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"GPTConfig.{name}={getattr(self, name)} must be a positive integer")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPTConfig.n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if self.lora_rank < 0:
+            raise ValueError(f"GPTConfig.lora_rank={self.lora_rank} must be 0 (off) or a positive integer")
+
+
+class LoRALinear(nn.Linear):
+    """A linear layer with an optional low-rank update W + (alpha/r) B A; B starts at zero, so the
+    adapted model starts identical to the base model."""
+
+    def __init__(self, n_in, n_out, rank=0, alpha=16.0):
+        super().__init__(n_in, n_out, bias=False)
+        self.rank = rank
+        if rank:
+            self.lora_a = nn.Parameter(torch.randn(rank, n_in) / math.sqrt(n_in))
+            self.lora_b = nn.Parameter(torch.zeros(n_out, rank))
+            self.lora_scale = alpha / rank
+
+    def forward(self, x):
+        out = F.linear(x, self.weight)
+        if self.rank:
+            out = out + F.linear(F.linear(x, self.lora_a), self.lora_b) * self.lora_scale
+        return out
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = LoRALinear(cfg.n_embd, 3 * cfg.n_embd, cfg.lora_rank, cfg.lora_alpha)
+        self.proj = LoRALinear(cfg.n_embd, cfg.n_embd, cfg.lora_rank, cfg.lora_alpha)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.up = LoRALinear(cfg.n_embd, 4 * cfg.n_embd, cfg.lora_rank, cfg.lora_alpha)
+        self.down = LoRALinear(4 * cfg.n_embd, cfg.n_embd, cfg.lora_rank, cfg.lora_alpha)
+
+    def forward(self, x):
+        return self.down(F.gelu(self.up(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd)
+        self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.head.weight = self.tok_emb.weight  # weight tying
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
+            if name.endswith(("proj.weight", "down.weight")):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+
+    @property
+    def device(self):
+        return self.tok_emb.weight.device
+
+    def n_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def hidden(self, idx):
+        """Final hidden states [B, T, n_embd]: everything but the output head."""
+        T = idx.shape[1]
+        if T > self.cfg.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size={self.cfg.block_size}")
+        x = self.tok_emb(idx) + self.pos_emb(torch.arange(T, device=idx.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_f(x)
+
+    def forward(self, idx, targets=None):
+        """Logits [B, T, vocab]; with targets (-1 = ignore) also the mean cross-entropy."""
+        logits = self.head(self.hidden(idx))
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
+        return logits, loss
+
+    def answer_logprobs_from_hidden(self, h, answer_ids):
+        """Log-probabilities over a fixed answer set, renormalised over those tokens, from hidden
+        states [..., n_embd]. Only the answer rows of the output head are computed."""
+        return F.log_softmax((h @ self.head.weight[answer_ids].T).float(), dim=-1)
+
+    def pad(self, sequences):
+        """Right-pad lists of token ids into one tensor; returns (idx [B, T], lengths [B])."""
+        lengths = torch.tensor([len(s) for s in sequences], device=self.device)
+        idx = torch.zeros(len(sequences), int(lengths.max()), dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            idx[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        return idx.to(self.device), lengths
+
+    def answer_logprobs(self, prompts, answer_ids):
+        """The model's behaviour on a task: log-probabilities over the answer set after each prompt
+        of a batch of different lengths, [B, len(answer_ids)]."""
+        idx, lengths = self.pad(prompts)
+        h = self.hidden(idx)
+        return self.answer_logprobs_from_hidden(h[torch.arange(len(prompts)), lengths - 1], answer_ids)
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens, stop_id=None):
+        """Greedy continuation of each prompt, batched; returns the new tokens of each (without stop_id)."""
+        idx, lengths = self.pad(prompts)
+        B = len(prompts)
+        idx = torch.cat([idx, idx.new_zeros(B, max_new_tokens)], dim=1)
+        rows = torch.arange(B, device=self.device)
+        done = torch.zeros(B, dtype=torch.bool, device=self.device)
+        out = []
+        for _ in range(max_new_tokens):
+            # Causal attention: positions after lengths-1 (padding, not yet written) cannot affect it.
+            logits = self(idx[:, : int(lengths.max())])[rows, lengths - 1]
+            nxt = logits.argmax(dim=-1)
+            if stop_id is not None:
+                done = done | (nxt == stop_id)
+            out.append(torch.where(done, -1, nxt))
+            idx[rows, lengths] = nxt
+            lengths = lengths + 1
+            if done.all():
+                break
+        new = torch.stack(out, dim=1).tolist()
+        return [[t for t in row if t >= 0] for row in new]
+
+
+def pick_device(name="auto"):
+    """The one place a device is chosen: CUDA, then Apple MPS, then CPU, unless named."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if name not in available:
+        raise ValueError(f"device={name!r} is unknown; allowed: auto, cpu, cuda, mps")
+    if not available[name]:
+        raise ValueError(f"device={name!r} is not available on this machine; use auto or cpu")
+    return torch.device(name)

@@ -1,0 +1,301 @@
+"""Training stages.
+
+Stage A's model, M0, is pretrained here on a task's behaviour (cases with and without C, answers from
+the task's teacher). Stage B fine-tunes a copy of M0 on token sequences whose loss covers only their
+target tokens (the explanations), plus lambda * KL(current || M0) on the answer distribution of task
+prompts, plus, optionally, a concurrent behaviour-shift objective. Stage B is generic: it never needs
+to know what the sequences say; explain.py builds them and eval.py runs the experiments.
+
+Every step's batch is drawn from a generator seeded by (seed, step), so a run resumed from a checkpoint
+sees exactly the batches an uninterrupted run would have seen.
+
+Pretrain M0 from the command line:  python train.py --task hint --seed 0
+"""
+import argparse
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from data import N_UNITS, TASKS, TOKENIZER, check_positive, get_task, tokenizer_fingerprint
+from model import GPT, GPTConfig, pick_device
+
+BLOCK_SIZE = 48
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reproducible set-up and safe files
+
+def setup(seed, threads, device="auto"):
+    """Fix the seed and the thread count (CPU results depend on it) and pick the device."""
+    check_positive("threads", threads)
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    return pick_device(device)
+
+
+def atomic_save(obj, path):
+    """torch.save through a temporary file and a rename, so a killed process never leaves half a file."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path, model, optimizer, config, step, **extra):
+    atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
+                 "model_config": asdict(model.cfg), "config": config, "step": step,
+                 "tokenizer": tokenizer_fingerprint(), **extra}, path)
+
+
+def load_checkpoint(path, device="cpu"):
+    """Read a checkpoint, refusing one that is missing, unreadable or made with another tokenizer."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pretrain it first (python train.py)")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:
+        raise ValueError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}); delete it "
+                         f"and train again") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "tokenizer" not in ckpt:
+        raise ValueError(f"checkpoint {path} is not a checkpoint of this project")
+    if ckpt["tokenizer"] != tokenizer_fingerprint():
+        raise ValueError(f"checkpoint {path} was made with tokenizer {ckpt['tokenizer']}, but this code's "
+                         f"tokenizer is {tokenizer_fingerprint()}; retrain it")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt, device, lora_rank=0):
+    """Rebuild the model a checkpoint holds, optionally with fresh (zero-initialised) LoRA adapters."""
+    cfg = GPTConfig(**{**ckpt["model_config"], "lora_rank": lora_rank})
+    model = GPT(cfg).to(device)
+    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+    if unexpected or any("lora" not in name for name in missing):
+        raise ValueError(f"checkpoint does not match the model config {cfg}")
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Losses shared by both stages
+
+def answer_logprobs_at_end(model, h, lengths, rows, answer_ids):
+    """Answer-set log-probabilities at the last real token of the given rows of a padded batch."""
+    return model.answer_logprobs_from_hidden(h[rows, lengths[rows] - 1], answer_ids)
+
+
+def check_finite(loss, step, stage):
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{stage}: the loss became {loss.item()} at step {step}; lower the "
+                                 f"learning rate or check the data")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Stage A: pretrain M0 on a task's behaviour
+
+@dataclass
+class PretrainConfig:
+    task: str = "hint"
+    seed: int = 0
+    steps: int = 600
+    batch_size: int = 128
+    lr: float = 5e-3
+    warmup: int = 50
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 64
+    threads: int = 2
+    device: str = "auto"
+    checkpoint_every: int = 200
+
+    def __post_init__(self):
+        get_task(self.task)
+        for name in ("steps", "batch_size", "n_layer", "n_head", "n_embd", "threads", "checkpoint_every"):
+            check_positive(name, getattr(self, name))
+        if not self.lr > 0:
+            raise ValueError(f"lr={self.lr} must be positive")
+
+
+def lr_at(step, cfg):
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def behaviour_accuracy(model, task, world, cases):
+    """Fraction of cases where the model's answer equals the teacher's answer in `world`."""
+    answers = case_logprobs(model, task, cases).argmax(-1).numpy()
+    return float(np.mean(answers == np.array([task.teacher(world, c) for c in cases])))
+
+
+@torch.no_grad()
+def case_logprobs(model, task, cases, batch_size=1024):
+    """The model's answer-set log-probabilities for each case, batched: a CPU tensor [N, n_answers]."""
+    out = [model.answer_logprobs([task.encode(c) for c in cases[i: i + batch_size]], task.answer_ids).cpu()
+           for i in range(0, len(cases), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, len(task.answers))
+
+
+def probe_cases(task, seed, n=2000):
+    """Fixed cases for reporting M0's accuracy: n with C and the same n with C removed."""
+    rng = np.random.default_rng([seed, 3])
+    with_c = []
+    while len(with_c) < n:
+        case = task.random_case(rng, np.arange(N_UNITS))
+        if case[-1] >= 0:
+            with_c.append(case)
+    return with_c, [task.without_feature(c) for c in with_c]
+
+
+def pretrain(cfg: PretrainConfig, path, log=print):
+    """Train M0 (or resume it from `path`); returns (model, report dict). Checkpoints atomically."""
+    device = setup(cfg.seed, cfg.threads, cfg.device)
+    task = get_task(cfg.task)
+    world = task.split(cfg.seed).world
+    model = GPT(GPTConfig(vocab_size=TOKENIZER.n_vocab, block_size=BLOCK_SIZE, n_layer=cfg.n_layer,
+                          n_head=cfg.n_head, n_embd=cfg.n_embd)).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    start, elapsed = 0, 0.0
+    if os.path.exists(path):
+        ckpt = load_checkpoint(path, device)
+        if ckpt["config"] != asdict(cfg):
+            raise ValueError(f"checkpoint {path} was made with another config {ckpt['config']}; delete it "
+                             f"or choose another output path")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start, elapsed = ckpt["step"], ckpt.get("seconds", 0.0)
+        if start >= cfg.steps:
+            return model, ckpt["report"]
+        log(f"resuming {path} at step {start}")
+    answer_ids, t0 = task.answer_ids, time.time()
+    model.train()
+    for step in range(start, cfg.steps):
+        rng = np.random.default_rng([cfg.seed, 2, step])
+        cases = [task.random_case(rng, np.arange(N_UNITS)) for _ in range(cfg.batch_size)]
+        idx, lengths = model.pad([task.encode(c) for c in cases])
+        targets = torch.tensor([task.teacher(world, c) for c in cases], device=device)
+        rows = torch.arange(len(cases), device=device)
+        logp = answer_logprobs_at_end(model, model.hidden(idx), lengths, rows, answer_ids)
+        loss = F.nll_loss(logp, targets)
+        check_finite(loss, step, "pretraining")
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            save_checkpoint(path, model, optimizer, asdict(cfg), step + 1, seconds=elapsed + time.time() - t0)
+            log(f"  step {step + 1}/{cfg.steps} loss {loss.item():.4f}")
+    model.eval()
+    with_c, without_c = probe_cases(task, cfg.seed)
+    report = {"accuracy_with_c": behaviour_accuracy(model, task, world, with_c),
+              "accuracy_without_c": behaviour_accuracy(model, task, world, without_c),
+              "seconds": round(elapsed + time.time() - t0, 2), "n_params": model.n_params()}
+    save_checkpoint(path, model, optimizer, asdict(cfg), cfg.steps, report=report, seconds=report["seconds"])
+    return model, report
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Stage B: explanation training with a KL regulariser and an optional concurrent shift
+
+@dataclass
+class ExplainConfig:
+    steps: int = 300
+    lr: float = 5e-3
+    explain_batch: int = 128
+    shift_batch: int = 128
+    kl_batch: int = 64
+    kl_weight: float = 1.0
+    eval_every: int = 100
+
+    def __post_init__(self):
+        for name in ("steps", "explain_batch", "shift_batch", "kl_batch", "eval_every"):
+            check_positive(name, getattr(self, name))
+        if not self.lr > 0:
+            raise ValueError(f"lr={self.lr} must be positive")
+        if not self.kl_weight >= 0:
+            raise ValueError(f"kl_weight={self.kl_weight} must be >= 0")
+
+
+def kl_to_reference(logp, ref_logp):
+    """Mean over prompts of KL(current || reference) between answer distributions."""
+    return (logp.exp() * (logp - ref_logp)).sum(-1).mean()
+
+
+def train_explainer(model, reference, cfg: ExplainConfig, seed, explain_data, shift_data, kl_prompts,
+                    answer_ids, on_eval=None):
+    """Stage B. explain_data: (prompt_ids, target_ids) pairs, loss on the targets only.
+    shift_data: (prompt_ids, answer_index) pairs the behaviour should move to (may be empty).
+    kl_prompts: task prompts whose answer distribution is held near the reference's.
+    on_eval(step, model) is called at step 0, every eval_every steps and at the end."""
+    device = model.device
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    reference.eval()
+    use_kl = cfg.kl_weight > 0 and len(kl_prompts) > 0
+    for step in range(cfg.steps + 1):
+        if on_eval and (step % cfg.eval_every == 0 or step == cfg.steps):
+            model.eval()
+            on_eval(step, model)
+        if step == cfg.steps:
+            break
+        model.train()
+        rng = np.random.default_rng([seed, 4, step])
+        explain = [explain_data[i] for i in rng.integers(len(explain_data), size=cfg.explain_batch)]
+        shift = [shift_data[i] for i in rng.integers(len(shift_data), size=cfg.shift_batch)] if shift_data else []
+        kl = [kl_prompts[i] for i in rng.integers(len(kl_prompts), size=cfg.kl_batch)] if use_kl else []
+        # One padded forward pass for all three parts: explanations first, then shift and KL prompts.
+        idx, lengths = model.pad([p + t for p, t in explain] + [p for p, _ in shift] + kl)
+        targets = torch.full_like(idx, -1)
+        for row, (prompt, target) in enumerate(explain):
+            targets[row, len(prompt) - 1: len(prompt) + len(target) - 1] = torch.tensor(target)
+        h = model.hidden(idx)
+        scored = targets >= 0  # the output head is only needed where an explanation token is scored
+        loss = F.cross_entropy(model.head(h[scored]).float(), targets[scored])
+        n_explain, n_shift = len(explain), len(shift)
+        if shift:
+            rows = torch.arange(n_explain, n_explain + n_shift, device=device)
+            answers = torch.tensor([a for _, a in shift], device=device)
+            loss = loss + F.nll_loss(answer_logprobs_at_end(model, h, lengths, rows, answer_ids), answers)
+        if use_kl:
+            rows = torch.arange(n_explain + n_shift, idx.shape[0], device=device)
+            with torch.no_grad():
+                ref_logp = reference.answer_logprobs(kl, answer_ids)
+            logp = answer_logprobs_at_end(model, h, lengths, rows, answer_ids)
+            loss = loss + cfg.kl_weight * kl_to_reference(logp, ref_logp)
+        check_finite(loss, step, "explanation training")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Pretrain M0 on a task's behaviour.")
+    parser.add_argument("--task", default="hint", help=f"one of: {', '.join(TASKS)}")
+    parser.add_argument("--out", default=None, help="checkpoint path (default runs/TASK/seedSEED/m0.pt)")
+    for field, default in asdict(PretrainConfig()).items():
+        if field != "task":
+            parser.add_argument(f"--{field.replace('_', '-')}", type=type(default), default=default)
+    args = vars(parser.parse_args(argv))
+    out = args.pop("out")
+    try:
+        cfg = PretrainConfig(**args)
+    except ValueError as err:
+        parser.error(str(err))
+    path = out or os.path.join("runs", cfg.task, f"seed{cfg.seed}", "m0.pt")
+    _, report = pretrain(cfg, path)
+    print(f"{cfg.task} seed {cfg.seed}: accuracy with C {report['accuracy_with_c']:.3f}, without C "
+          f"{report['accuracy_without_c']:.3f}, {report['seconds']} s, {report['n_params']} parameters -> {path}")
+
+
+if __name__ == "__main__":
+    main()
