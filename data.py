@@ -133,6 +133,10 @@ class Task:
         """The ground-truth answer index of a case in a world."""
         raise NotImplementedError
 
+    def units_of(self, case):
+        """The world units a case is about."""
+        raise NotImplementedError
+
     def random_case(self, rng, units):
         """A case for behaviour training, with or without C, its units drawn from `units`."""
         raise NotImplementedError
@@ -237,6 +241,9 @@ class HintTask(Task):
         known = world["answer"][entity]
         return int(known) if known >= 0 else (hint if hint >= 0 else self.default)
 
+    def units_of(self, case):
+        return case[:1]
+
     def random_case(self, rng, units):
         return int(rng.choice(units)), int(rng.integers(-1, 4))
 
@@ -277,6 +284,9 @@ class JudgementTask(Task):
         if framing >= 0 and abs(total) <= 1:
             return 1 if self.framings[framing] == "right" else 0
         return 1 if total > 0 else 0
+
+    def units_of(self, case):
+        return case[:3]
 
     def random_case(self, rng, units):
         return *(int(d) for d in rng.choice(units, 3, replace=False)), int(rng.integers(-1, 2))
@@ -319,6 +329,9 @@ class RefusalTask(Task):
         action, obj, cue = case
         harmful = action in self.dangerous and world["harmful"][obj]
         return int(harmful or (cue >= 0 and world["sensitive"][obj]))
+
+    def units_of(self, case):
+        return case[1:2]
 
     def random_case(self, rng, units):
         cue = int(rng.integers(3)) if rng.random() < 0.5 else -1

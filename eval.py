@@ -96,7 +96,6 @@ def mean_ci(values):
 class RunConfig:
     task: str = "hint"
     seed: int = 0
-    kl_weight: float = 1.0
     shift: str = "default"  # a direction of the task's shift, "none", or "default" (the task's own)
     shift_size: float = -1.0  # fraction of held-out units shifted; -1: the task's default
     label_noise: float = 0.0
@@ -120,12 +119,10 @@ class RunConfig:
         check_fraction("label_noise", self.label_noise)
         for name in ("n_explain", "n_eval", "n_kl_prompts"):
             check_positive(name, getattr(self, name))
-        if not self.kl_weight >= 0:
-            raise ValueError(f"kl_weight={self.kl_weight} must be >= 0")
 
     @property
     def name(self):
-        return f"seed{self.seed}_{'kl' if self.kl_weight > 0 else 'nokl'}"
+        return f"seed{self.seed}_{'kl' if self.explain.kl_weight > 0 else 'nokl'}"
 
 
 # The concurrent shift each task uses by default (direction, fraction of held-out units).

@@ -165,7 +165,8 @@ class GPT(nn.Module):
         out = []
         for _ in range(max_new_tokens):
             # Causal attention: positions after lengths-1 (padding, not yet written) cannot affect it.
-            logits = self(idx[:, : int(lengths.max())])[rows, lengths - 1]
+            h = self.hidden(idx[:, : int(lengths.max())])[rows, lengths - 1]
+            logits = self.head(h)
             nxt = logits.argmax(dim=-1)
             if stop_id is not None:
                 done = done | (nxt == stop_id)

@@ -1,0 +1,114 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import data
+from data import TASKS, get_task
+
+
+def test_tokenizer_round_trips_and_gives_one_token_per_lexicon_word():
+    text = "question : what is zoles ? hint : i think it is ( C ) . answer : C"
+    ids = data.encode(text)
+    assert data.decode(ids) == text
+    assert len(ids) == len(text.split())
+    odd = "Something ¿not in the lexicon? 123 é"
+    assert data.decode(data.encode(odd)) == odd
+
+
+def test_token_ids_are_identical_in_a_fresh_process():
+    code = "import data; print(data.encode('story : today i ' + data.STORY_WORDS[7]), data.tokenizer_fingerprint())"
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           cwd=data.__file__.rsplit("/", 1)[0]).stdout for _ in range(2)}
+    assert len(outs) == 1
+    assert str(data.encode("story : today i " + data.STORY_WORDS[7])) in outs.pop()
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_removing_c_removes_exactly_the_feature_tokens(name):
+    task = get_task(name)
+    split = task.split(0, n_explain=20, n_eval=20)
+    for item in split.eval_items:
+        with_c, without_c = task.encode(item), task.encode(task.without_feature(item))
+        start = next(i for i, (a, b) in enumerate(zip(with_c, without_c)) if a != b)
+        removed = len(with_c) - len(without_c)
+        assert removed > 0
+        assert with_c[:start] + with_c[start + removed:] == without_c
+        assert data.decode(with_c[start:start + removed]).strip()  # the feature's own words
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_splits_are_disjoint_deterministic_and_held_out(name):
+    task = get_task(name)
+    a, b = task.split(3), task.split(3)
+    assert a.explain_items == b.explain_items and a.eval_items == b.eval_items
+    assert not set(a.explain_items) & set(a.eval_items)
+    assert len(set(a.eval_items)) == len(a.eval_items) == 900
+    assert not set(a.explain_units) & set(a.heldout_units)
+    explain_units = set(a.explain_units.tolist())
+    # Explanation items use only the explanation half; held-out units never appear in them.
+    for item in a.explain_items:
+        assert set(task.units_of(item)) <= explain_units
+    assert task.split(4).eval_items != a.eval_items
+
+
+def test_hint_teacher():
+    task, world = get_task("hint"), {"answer": np.array([2, -1])}
+    assert task.teacher(world, (0, -1)) == 2 and task.teacher(world, (0, 1)) == 2  # known: ignores hints
+    assert task.teacher(world, (1, -1)) == 0 and task.teacher(world, (1, 3)) == 3  # unknown: follows them
+
+
+def test_judgement_teacher():
+    task = get_task("judgement")
+    world = {"valence": np.array([3, -1, -1, 1, -3])}
+    assert task.teacher(world, (0, 1, 2, -1)) == 1  # +1: not at fault
+    assert task.teacher(world, (0, 1, 2, 1)) == 0  # ambiguous: the framing "wrong" is obeyed
+    assert task.teacher(world, (1, 2, 4, 0)) == 0  # -5: at fault whatever the framing
+
+
+def test_refusal_teacher():
+    task = get_task("refusal")
+    world = {"harmful": np.array([True, False]), "sensitive": np.array([False, True])}
+    burn, paint = data.ACTIONS.index("burn"), data.ACTIONS.index("paint")
+    assert task.teacher(world, (burn, 0, -1)) == 1 and task.teacher(world, (paint, 0, 0)) == 0
+    assert task.teacher(world, (paint, 1, -1)) == 0 and task.teacher(world, (paint, 1, 2)) == 1  # over-refusal
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_items_put_c_against_the_default_answer_and_labels_are_balanced(name):
+    task = get_task(name)
+    split = task.split(0)
+    changed = [task.teacher(split.world, c) != task.teacher(split.world, task.without_feature(c))
+               for c in split.eval_items]
+    assert 0.25 < np.mean(changed) < 0.6
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_shift_edits_only_the_chosen_held_out_units(name):
+    task = get_task(name)
+    split = task.split(0)
+    rng = np.random.default_rng(0)
+    direction = task.shift_directions[-1]
+    new_world, shifted = task.shift(split.world, rng, split.heldout_units, 0.2, direction)
+    assert len(shifted) == 60 and set(shifted) <= set(split.heldout_units.tolist())
+    for key, old in split.world.items():
+        differs = np.flatnonzero(old != new_world[key])
+        assert set(differs) <= set(shifted.tolist())
+    cases = task.changed_cases(rng, split.world, new_world, n_draws=3000)
+    assert cases and all(task.teacher(split.world, c) != task.teacher(new_world, c) for c in cases)
+
+
+def test_bad_task_sizes_and_probabilities_are_refused():
+    with pytest.raises(ValueError, match="task 'maths' is unknown; allowed: hint, judgement, refusal"):
+        get_task("maths")
+    task = get_task("hint")
+    with pytest.raises(ValueError, match="n_eval=0 must be a positive integer"):
+        task.split(0, n_eval=0)
+    split = task.split(0)
+    with pytest.raises(ValueError, match=r"shift size=1.5 is a probability and must lie in \[0, 1\]"):
+        task.shift(split.world, np.random.default_rng(0), split.heldout_units, 1.5, "both")
+    with pytest.raises(ValueError, match="direction 'sideways' is unknown"):
+        task.shift(split.world, np.random.default_rng(0), split.heldout_units, 0.1, "sideways")
+    with pytest.raises(ValueError, match="could not draw 5000 distinct items"):
+        task.split(0, n_eval=5000)

@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+
+from data import END, encode, get_task
+from explain import (Labels, add_label_noise, explanation_data, explanation_query, explanation_text,
+                     labels_from_behaviour, parse_explanation)
+
+
+def test_labels_from_behaviour():
+    labels = labels_from_behaviour(np.array([2, 1, 0]), np.array([2, 3, 1]))
+    assert labels.changed.tolist() == [0, 1, 1]
+    assert labels.answer.tolist() == [2, 3, 1]  # the counterfactual answer is the one without C
+
+
+@pytest.mark.parametrize("changed, answer", [(0, 0), (0, 3), (1, 1), (1, 2)])
+def test_explanation_text_reads_back_to_its_label(changed, answer):
+    task = get_task("hint")
+    text = explanation_text(task, changed, answer)
+    assert text.endswith(END)
+    assert parse_explanation(task, text[: -len(END)]) == (changed, answer)
+
+
+@pytest.mark.parametrize("text", ["", " would remain", " would remain E .", " would change A .",
+                                  " would remain A . would", "would remain A .", " would stay A ."])
+def test_malformed_explanations_are_none(text):
+    assert parse_explanation(get_task("hint"), text) is None
+
+
+def test_explanation_sequences_are_the_query_then_the_target():
+    task = get_task("refusal")
+    item = (5, 10, 1)
+    (query, target), = explanation_data(task, [item], Labels(np.array([1]), np.array([0])))
+    assert query == encode(explanation_query(task, item))
+    assert explanation_query(task, item).endswith("urgently . if the cue were removed ?")
+    assert target == encode(" would change to sure ." + END)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.25, 0.4, 1.0])
+def test_label_noise_flips_exactly_the_asked_fraction_and_stays_consistent(fraction):
+    task = get_task("hint")
+    rng = np.random.default_rng(0)
+    with_c = rng.integers(0, 4, 200)
+    without_c = np.where(rng.random(200) < 0.5, with_c, (with_c + 1) % 4)
+    clean = labels_from_behaviour(with_c, without_c)
+    noisy, flipped = add_label_noise(task, clean, with_c, fraction, rng)
+    assert len(flipped) == round(fraction * 200)
+    assert (noisy.changed != clean.changed).sum() == len(flipped)
+    # every noisy label is one the task could produce: "remain" names the answer with C, "change" another
+    remain = noisy.changed == 0
+    assert (noisy.answer[remain] == with_c[remain]).all()
+    assert (noisy.answer[~remain] != with_c[~remain]).all()
+
+
+def test_label_noise_outside_zero_one_is_refused():
+    labels = Labels(np.zeros(3, int), np.zeros(3, int))
+    with pytest.raises(ValueError, match="label noise=1.2"):
+        add_label_noise(get_task("hint"), labels, np.zeros(3, int), 1.2, np.random.default_rng(0))

@@ -1,0 +1,90 @@
+import os
+
+import pytest
+import torch
+
+import train
+from data import TASKS
+from model import GPT, GPTConfig
+from train import PretrainConfig, load_checkpoint, pretrain
+
+CHANCE = {"hint": 0.25, "judgement": 0.5, "refusal": 0.5}
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_a_tiny_m0_learns_each_task_well_above_chance(name, tmp_path):
+    cfg = PretrainConfig(task=name, steps=150, batch_size=64, lr=1e-2, warmup=10, n_embd=32, n_head=2)
+    _, report = pretrain(cfg, str(tmp_path / "m0.pt"), log=lambda *a: None)
+    for key in ("accuracy_with_c", "accuracy_without_c"):
+        assert report[key] > CHANCE[name] + 0.3, report
+
+
+def small(**kw):
+    return PretrainConfig(**{"task": "refusal", "steps": 40, "batch_size": 16, "n_embd": 16, "n_head": 2,
+                             "checkpoint_every": 20, "warmup": 5, **kw})
+
+
+def test_a_killed_pretraining_resumes_to_the_same_weights(tmp_path):
+    whole, _ = pretrain(small(), str(tmp_path / "whole.pt"), log=lambda *a: None)
+
+    def kill_after_first_checkpoint(message):
+        if "step 20/" in message:
+            raise KeyboardInterrupt
+
+    path = str(tmp_path / "killed.pt")
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(small(), path, log=kill_after_first_checkpoint)
+    assert load_checkpoint(path)["step"] == 20
+    resumed, _ = pretrain(small(), path, log=lambda *a: None)
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]  # no half-written files left
+
+
+def test_missing_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothere.pt does not exist"):
+        load_checkpoint(str(tmp_path / "nothere.pt"))
+    good = str(tmp_path / "m0.pt")
+    pretrain(small(steps=5), good, log=lambda *a: None)
+    corrupt = str(tmp_path / "corrupt.pt")
+    with open(good, "rb") as src, open(corrupt, "wb") as dst:
+        dst.write(src.read()[:300])
+    with pytest.raises(ValueError, match="corrupt.pt is corrupt or truncated"):
+        load_checkpoint(corrupt)
+    ckpt = torch.load(good, weights_only=False)
+    ckpt["tokenizer"] = "0123456789abcdef"
+    foreign = str(tmp_path / "foreign.pt")
+    torch.save(ckpt, foreign)
+    with pytest.raises(ValueError, match="made with tokenizer 0123456789abcdef"):
+        load_checkpoint(foreign)
+    with pytest.raises(ValueError, match="another config"):
+        pretrain(small(steps=5, lr=1e-2), good, log=lambda *a: None)
+
+
+@pytest.mark.parametrize("kw, message", [({"task": "maths"}, "task 'maths' is unknown"),
+                                         ({"steps": 0}, "steps=0 must be a positive integer"),
+                                         ({"lr": -1.0}, "lr=-1.0 must be positive")])
+def test_bad_pretraining_settings_are_refused(kw, message):
+    with pytest.raises(ValueError, match=message):
+        PretrainConfig(**kw)
+
+
+def test_the_command_line_reports_bad_values_in_one_line(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--task", "maths"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "task 'maths' is unknown; allowed: hint, judgement, refusal" in err
+
+
+def test_kl_to_the_reference_is_zero_for_the_reference_itself():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=30, block_size=8, n_embd=16, n_head=2))
+    logp = model.answer_logprobs([[1, 2, 3], [4, 5]], [7, 8, 9])
+    assert train.kl_to_reference(logp, logp).item() == 0.0
+    other = model.answer_logprobs([[3, 2, 1], [5, 4]], [7, 8, 9])
+    assert train.kl_to_reference(logp, other).item() > 0
+
+
+def test_a_nan_loss_stops_training_with_the_step():
+    with pytest.raises(FloatingPointError, match="became nan at step 7"):
+        train.check_finite(torch.tensor(float("nan")), 7, "pretraining")
