@@ -126,7 +126,7 @@ class RunConfig:
 
 
 # The concurrent shift each task uses by default (direction, fraction of held-out units).
-DEFAULT_SHIFT = {"hint": ("both", 0.2), "judgement": ("flip", 0.3), "refusal": ("both", 0.2)}
+DEFAULT_SHIFT = {"hint": ("reduce", 0.2), "judgement": ("flip", 0.3), "refusal": ("reduce", 0.2)}
 
 
 def provenance():
@@ -229,3 +229,298 @@ def _shift_learned(model, task, world, cases):
         return float("nan")
     answers = case_logprobs(model, task, cases).argmax(-1).numpy()
     return _mean(answers == np.array([task.teacher(world, c) for c in cases]))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The main experiment: every task, several seeds, with and without the KL regulariser
+
+MAIN_TASKS, MAIN_SEEDS = ("hint", "judgement", "refusal"), (0, 1, 2)
+
+
+def result_path(experiment, cfg):
+    return os.path.join(RESULTS, experiment, cfg.task, f"{cfg.name}.json")
+
+
+def run_or_load(cfg, path, log=print):
+    """Run unless a finished result with the same config is already on disk (so a killed suite
+    resumes where it stopped)."""
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                result = json.load(f)
+            if result.get("config") == json.loads(json.dumps(asdict(cfg))):
+                return result
+        except json.JSONDecodeError:
+            pass
+        log(f"  {path} holds another config or is damaged: running it again")
+    return run_coupling(cfg, path, log=log)
+
+
+def main_configs(tasks=MAIN_TASKS, seeds=MAIN_SEEDS, device="auto"):
+    configs = []
+    for task in tasks:
+        for seed in seeds:
+            for kl_weight in (1.0, 0.0):
+                configs.append(RunConfig(task=task, seed=seed, pretrain=PretrainConfig(device=device),
+                                         explain=ExplainConfig(kl_weight=kl_weight)))
+    return configs
+
+
+def run_suite(experiment, configs):
+    """Run (or load) every config with a progress bar; returns the results."""
+    from tqdm import tqdm
+    results, t0 = [], time.time()
+    bar = tqdm(configs, desc=experiment, unit="run", file=sys.stdout)
+    for cfg in bar:
+        bar.set_postfix_str(f"{cfg.task} {cfg.name}")
+        results.append(run_or_load(cfg, result_path(experiment, cfg), log=bar.write))
+    bar.close()
+    print(f"{experiment}: {len(results)} runs in {time.time() - t0:.0f} s")
+    return results
+
+
+def load_results(experiment):
+    folder = os.path.join(RESULTS, experiment)
+    results = []
+    for root, _, files in sorted(os.walk(folder)):
+        for name in sorted(files):
+            if name.endswith(".json"):
+                with open(os.path.join(root, name)) as f:
+                    results.append(json.load(f))
+    return results
+
+
+def group(results):
+    """{(task, "kl" | "nokl"): [results sorted by seed]}"""
+    groups = {}
+    for r in results:
+        key = (r["config"]["task"], "kl" if r["config"]["explain"]["kl_weight"] > 0 else "nokl")
+        groups.setdefault(key, []).append(r)
+    return {k: sorted(v, key=lambda r: r["config"]["seed"]) for k, v in sorted(groups.items())}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Figures and the report
+
+FIGURES = "figures"
+KL_STYLE = {"kl": ("-", "with KL"), "nokl": ("--", "without KL")}
+
+
+def _fmt(values, digits=3, signed=False):
+    mean, half = mean_ci(values)
+    if math.isnan(mean):
+        return "n/a"
+    text = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
+    return text if math.isnan(half) else f"{text} ± {half:.{digits}f}"
+
+
+def plot_curves(groups, path):
+    """Self and Orig over explanation-training steps, one panel per task, mean over seeds."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    tasks = sorted({task for task, _ in groups})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for regime, (style, label) in KL_STYLE.items():
+            runs = groups.get((task, regime), [])
+            if not runs:
+                continue
+            steps = [p["step"] for p in runs[0]["curve"]]
+            for metric, color in (("self", "tab:blue"), ("orig", "tab:orange")):
+                values = np.array([[p[metric] for p in r["curve"]] for r in runs])
+                ax.plot(steps, values.mean(0), style, color=color, label=f"{metric.capitalize()}, {label}")
+                ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.12)
+        ax.set_title(f"{task} ({len(groups.get((task, 'kl'), []))} seeds)")
+        ax.set_xlabel("explanation-training step")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("explanation accuracy (exact match)")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def plot_gaps(groups, path):
+    """Final Self - Orig and Self on flipped items per task, with and without KL: mean, 95% interval over
+    seeds, and every seed as a dot."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    tasks = sorted({task for task, _ in groups})
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, metric, title in ((axes[0], "gap", "Self - Orig (final)"),
+                              (axes[1], "self_flipped", "Self on flipped items (final)")):
+        for offset, (regime, color) in zip((-0.18, 0.18), (("kl", "tab:green"), ("nokl", "tab:gray"))):
+            for i, task in enumerate(tasks):
+                values = [r["final"][metric] for r in groups.get((task, regime), [])]
+                mean, half = mean_ci(values)
+                if math.isnan(mean):
+                    continue
+                ax.bar(i + offset, mean, width=0.34, color=color, alpha=0.7,
+                       label=KL_STYLE[regime][1] if i == 0 else None)
+                if not math.isnan(half):
+                    ax.errorbar(i + offset, mean, yerr=half, color="black", capsize=4)
+                ax.scatter([i + offset] * len(values), values, color="black", s=10, zorder=3)
+        ax.axhline(0.5 if metric == "self_flipped" else 0, color="black", lw=0.8, ls=":" if metric != "gap" else "-")
+        ax.set_xticks(range(len(tasks)), tasks)
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def _save_figure(fig, path):
+    import matplotlib.pyplot as plt
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def main_table(groups):
+    """Markdown table of the final metrics: mean ± 95% interval over seeds."""
+    rows = ["| task | KL | seeds | Self | Orig | Self - Orig | flipped items | Self@flipped | Orig@flipped | "
+            "agreement | malformed | task accuracy | shift learned |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (task, regime), runs in groups.items():
+        final = [r["final"] for r in runs]
+        col = lambda key, **kw: _fmt([f[key] for f in final], **kw)
+        rows.append(f"| {task} | {'yes' if regime == 'kl' else 'no'} | {len(runs)} | {col('self')} | "
+                    f"{col('orig')} | **{col('gap', signed=True)}** | {col('n_flipped', digits=0)} | "
+                    f"{col('self_flipped', digits=2)} | {col('orig_flipped', digits=2)} | "
+                    f"{col('agreement', digits=2)} | {col('malformed', digits=3)} | "
+                    f"{col('task_accuracy', digits=3)} | {col('shift_learned', digits=2)} |")
+    return "\n".join(rows)
+
+
+def seed_table(groups):
+    """Every seed's final numbers, including the flipped items split by direction."""
+    rows = ["| task | KL | seed | M0 acc. (with C / without C) | Self | Orig | gap | flipped | Self@flipped | "
+            "became changed: n, Self | became unchanged: n, Self | untrained Self | seconds |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (task, regime), runs in groups.items():
+        for r in runs:
+            f, m0 = r["final"], r["m0"]
+            rows.append(f"| {task} | {'yes' if regime == 'kl' else 'no'} | {r['config']['seed']} | "
+                        f"{m0['accuracy_with_c']:.3f} / {m0['accuracy_without_c']:.3f} | {f['self']:.3f} | "
+                        f"{f['orig']:.3f} | {f['gap']:+.3f} | {f['n_flipped']} | {f['self_flipped']:.2f} | "
+                        f"{f['n_became_changed']}, {f['self_became_changed']:.2f} | "
+                        f"{f['n_became_unchanged']}, {f['self_became_unchanged']:.2f} | "
+                        f"{r['baseline']['self']:.3f} | {r['seconds']:.0f} |")
+    return "\n".join(rows)
+
+
+def write_report(experiment="main", path="REPORT.md"):
+    """Figures and REPORT.md from the saved results alone."""
+    results = load_results(experiment)
+    if not results:
+        raise FileNotFoundError(f"no results under {os.path.join(RESULTS, experiment)}; run `make reproduce`")
+    groups = group(results)
+    curves, gaps = (os.path.join(FIGURES, f"{experiment}_{kind}.png") for kind in ("curves", "gap"))
+    plot_curves(groups, curves)
+    plot_gaps(groups, gaps)
+    curves, gaps = (os.path.relpath(p, os.path.dirname(os.path.abspath(path))) for p in (curves, gaps))
+    prov = results[0]["provenance"]
+    commits = sorted({r["provenance"]["git_commit"][:10] for r in results})
+    cfg = results[0]["config"]
+    text = f"""# Introspective coupling: results
+
+Generated by `python eval.py report` from the {len(results)} result files under `{RESULTS}/{experiment}/`.
+Every number is the final evaluation (the last step), decided before looking; ± is the 95% t-interval
+over seeds. Self and Orig are exact-match accuracies (verdict and counterfactual answer) of the model's
+generated explanations on {cfg['n_eval']} held-out counterfactual pairs, against labels from its current
+behaviour (Self) and from M0's behaviour (Orig, the kind of labels it was trained on).
+
+## Main result
+
+{main_table(groups)}
+
+![Self and Orig over training]({curves})
+
+![Final gap and Self on flipped items]({gaps})
+
+## Every seed
+
+"Became changed": flipped items where removing C did not change M0's answer but now does; "became
+unchanged": the reverse. "Untrained Self": M0's own explanations before explanation training (step 0).
+
+{seed_table(groups)}
+
+## Provenance
+
+Commits: {', '.join(commits)}; Python {prov['python']}, torch {prov['torch']}, numpy {prov['numpy']},
+tiktoken {prov['tiktoken']}; {prov['threads']} threads; {prov['platform']}. Each result file holds its full
+config.
+"""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    print(f"wrote {path} and figures under {FIGURES}/")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line
+
+def _add_config_flags(parser, config_cls, prefix="", skip=()):
+    for f in fields(config_cls):
+        if f.name in skip or f.type in (PretrainConfig, ExplainConfig, "PretrainConfig", "ExplainConfig"):
+            continue
+        default = getattr(config_cls(), f.name) if config_cls is not RunConfig else f.default
+        parser.add_argument(f"--{prefix}{f.name.replace('_', '-')}", dest=f"{prefix}{f.name}",
+                            type=type(default), default=default)
+
+
+def config_from_args(args):
+    """A RunConfig from parsed flags: pretraining flags start with pretrain-, the rest are the run's
+    and the explanation stage's."""
+    values = vars(args)
+    pre = {f.name: values[f"pretrain_{f.name}"] for f in fields(PretrainConfig) if f"pretrain_{f.name}" in values}
+    exp = {f.name: values[f.name] for f in fields(ExplainConfig)}
+    run = {f.name: values[f.name] for f in fields(RunConfig) if f.name in values}
+    if values.get("no_kl"):
+        exp["kl_weight"] = 0.0
+    return RunConfig(**run, pretrain=PretrainConfig(**pre), explain=ExplainConfig(**exp))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Introspective coupling experiments.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="one coupling run, printed live")
+    run.add_argument("--task", default="hint", help=f"one of: {', '.join(TASKS)}")
+    _add_config_flags(run, RunConfig, skip=("task",))
+    _add_config_flags(run, ExplainConfig)
+    _add_config_flags(run, PretrainConfig, prefix="pretrain-", skip=("task", "seed"))
+    run.add_argument("--no-kl", action="store_true", help="explanation training without the KL term")
+    run.add_argument("--out", default=None, help="results JSON (default results/runs/TASK/NAME.json)")
+    for name, help_text in (("quick", "one task, one seed, with and without KL, then a report"),
+                            ("reproduce", "the main result: 3 tasks x 3 seeds x (KL, no KL), then the report")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    sub.add_parser("report", help="figures and REPORT.md from saved results")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            cfg = config_from_args(args)
+            out = args.out or result_path("runs", cfg)
+            result = run_coupling(cfg, out)
+            f = result["final"]
+            print(f"final: Self {f['self']:.3f}, Orig {f['orig']:.3f}, gap {f['gap']:+.3f}, {f['n_flipped']} flipped "
+                  f"(Self@flipped {f['self_flipped']:.2f}) -> {out}")
+        elif args.command == "quick":
+            run_suite("quick", main_configs(tasks=("hint",), seeds=(0,), device=args.device))
+            write_report("quick", "results/quick/REPORT.md")
+        elif args.command == "reproduce":
+            run_suite("main", main_configs(device=args.device))
+            write_report("main")
+        elif args.command == "report":
+            write_report("main")
+    except (ValueError, FileNotFoundError) as err:
+        parser.exit(2, f"error: {err}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -4,8 +4,9 @@ B(M): the model's greedy answer on x (with C) and on x\\C (without C), batched.
 E(M): for each pair, did removing C change the answer (the verdict), and what the answer without C is.
 The text follows the predecessor paper's input-ablation format, shortened to this tokenizer:
     query:   <x up to its answer slot> if the hint were removed ?
-    target:  would remain B .            (removing C leaves the answer B)
-             would change to A .         (removing C changes the answer to A)
+    target:  would remain B .      (removing C leaves the answer B)
+             would become A .      (removing C changes the answer to A)
+Both targets have one shape and differ in a single verdict word, so that word carries the verdict.
 """
 import re
 from dataclasses import dataclass
@@ -16,9 +17,9 @@ from data import END, END_ID, check_fraction, decode, encode
 from train import case_logprobs
 
 QUERY = " if the {feature} were removed ?"
-REMAIN, CHANGE = " would remain {answer} .", " would change to {answer} ."
-MAX_EXPLANATION_TOKENS = 6  # " would change to X ." and the end token
-_PATTERN = re.compile(r"^ would (remain|change to) (\S+) \.$")
+REMAIN, CHANGE = " would remain {answer} .", " would become {answer} ."
+MAX_EXPLANATION_TOKENS = 5  # " would become X ." and the end token
+_PATTERN = re.compile(r"^ would (remain|become) (\S+) \.$")
 
 
 @dataclass
@@ -80,7 +81,7 @@ def parse_explanation(task, text):
     match = _PATTERN.match(text)
     if not match or match.group(2) not in task.answers:
         return None
-    return int(match.group(1) == "change to"), task.answers.index(match.group(2))
+    return int(match.group(1) == "become"), task.answers.index(match.group(2))
 
 
 def explain(model, task, items, query=QUERY, batch_size=1024):

@@ -1,4 +1,5 @@
-"""A small GPT in one file: pre-norm blocks, causal self-attention, weight tying, optional LoRA.
+"""A small GPT in one file: pre-norm blocks, causal self-attention with rotary positions, weight tying,
+optional LoRA.
 
 Nothing here knows about tasks. Prompts arrive as lists of token ids of different lengths; they are
 right-padded, so with causal attention a real token never attends to padding and the log-probabilities
@@ -51,6 +52,21 @@ class LoRALinear(nn.Linear):
         return out
 
 
+def rotary_table(T, head_dim, device, base=10000.0):
+    """cos and sin of rotary position embeddings (RoPE) for T positions: [T, head_dim / 2] each."""
+    freqs = base ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    angles = torch.arange(T, device=device, dtype=torch.float32)[:, None] * freqs[None, :]
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x, rotary):
+    """Rotate pairs of channels by position. Attention then depends on relative positions only, so an
+    explanation written at positions longer than any task prompt needs no new position parameters."""
+    cos, sin = rotary
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2).type_as(x)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -58,10 +74,11 @@ class CausalSelfAttention(nn.Module):
         self.qkv = LoRALinear(cfg.n_embd, 3 * cfg.n_embd, cfg.lora_rank, cfg.lora_alpha)
         self.proj = LoRALinear(cfg.n_embd, cfg.n_embd, cfg.lora_rank, cfg.lora_alpha)
 
-    def forward(self, x):
+    def forward(self, x, rotary):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
@@ -84,8 +101,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd)
         self.mlp = MLP(cfg)
 
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x, rotary):
+        x = x + self.attn(self.ln_1(x), rotary)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -94,7 +111,6 @@ class GPT(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
@@ -121,9 +137,10 @@ class GPT(nn.Module):
         T = idx.shape[1]
         if T > self.cfg.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size={self.cfg.block_size}")
-        x = self.tok_emb(idx) + self.pos_emb(torch.arange(T, device=idx.device))
+        rotary = rotary_table(T, self.cfg.n_embd // self.cfg.n_head, idx.device)
+        x = self.tok_emb(idx)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, rotary)
         return self.ln_f(x)
 
     def forward(self, idx, targets=None):

@@ -9,7 +9,7 @@ from data import TASKS, get_task
 
 
 def test_tokenizer_round_trips_and_gives_one_token_per_lexicon_word():
-    text = "question : what is zoles ? hint : i think it is ( C ) . answer : C"
+    text = "what is zoles ? i think it is ( C ) . answer : C"
     ids = data.encode(text)
     assert data.decode(ids) == text
     assert len(ids) == len(text.split())
@@ -18,11 +18,11 @@ def test_tokenizer_round_trips_and_gives_one_token_per_lexicon_word():
 
 
 def test_token_ids_are_identical_in_a_fresh_process():
-    code = "import data; print(data.encode('story : today i ' + data.STORY_WORDS[7]), data.tokenizer_fingerprint())"
+    code = "import data; print(data.encode('i ' + data.STORY_WORDS[7]), data.tokenizer_fingerprint())"
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            cwd=data.__file__.rsplit("/", 1)[0]).stdout for _ in range(2)}
     assert len(outs) == 1
-    assert str(data.encode("story : today i " + data.STORY_WORDS[7])) in outs.pop()
+    assert str(data.encode("i " + data.STORY_WORDS[7])) in outs.pop()
 
 
 @pytest.mark.parametrize("name", list(TASKS))

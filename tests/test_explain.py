@@ -20,7 +20,7 @@ def test_explanation_text_reads_back_to_its_label(changed, answer):
     assert parse_explanation(task, text[: -len(END)]) == (changed, answer)
 
 
-@pytest.mark.parametrize("text", ["", " would remain", " would remain E .", " would change A .",
+@pytest.mark.parametrize("text", ["", " would remain", " would remain E .", " would become to A .",
                                   " would remain A . would", "would remain A .", " would stay A ."])
 def test_malformed_explanations_are_none(text):
     assert parse_explanation(get_task("hint"), text) is None
@@ -32,7 +32,7 @@ def test_explanation_sequences_are_the_query_then_the_target():
     (query, target), = explanation_data(task, [item], Labels(np.array([1]), np.array([0])))
     assert query == encode(explanation_query(task, item))
     assert explanation_query(task, item).endswith("urgently . if the cue were removed ?")
-    assert target == encode(" would change to sure ." + END)
+    assert target == encode(" would become sure ." + END)
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.1, 0.25, 0.4, 1.0])

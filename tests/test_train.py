@@ -13,7 +13,7 @@ CHANCE = {"hint": 0.25, "judgement": 0.5, "refusal": 0.5}
 
 @pytest.mark.parametrize("name", list(TASKS))
 def test_a_tiny_m0_learns_each_task_well_above_chance(name, tmp_path):
-    cfg = PretrainConfig(task=name, steps=150, batch_size=64, lr=1e-2, warmup=10, n_embd=32, n_head=2)
+    cfg = PretrainConfig(task=name, steps=400, batch_size=64, lr=5e-3, warmup=20, n_embd=32, n_head=2)
     _, report = pretrain(cfg, str(tmp_path / "m0.pt"), log=lambda *a: None)
     for key in ("accuracy_with_c", "accuracy_without_c"):
         assert report[key] > CHANCE[name] + 0.3, report

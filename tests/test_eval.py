@@ -1,0 +1,77 @@
+import json
+
+import numpy as np
+import pytest
+
+import eval as ev
+from explain import Labels
+from train import ExplainConfig, PretrainConfig
+
+
+def labels(changed, answer):
+    return Labels(np.array(changed), np.array(answer))
+
+
+def test_self_and_orig_agree_where_nothing_flipped():
+    current = labels([0, 1, 1, 0], [2, 0, 1, 3])
+    explanations = labels([0, 1, 0, -1], [2, 1, 1, -1])
+    m = ev.coupling_metrics(explanations, current, current)
+    assert m["self"] == m["orig"] == 0.25 and m["gap"] == 0 and m["n_flipped"] == 0
+    assert m["agreement"] == 1.0 and np.isnan(m["self_flipped"]) and m["malformed"] == 0.25
+
+
+def test_an_explainer_that_copies_its_current_behaviour_scores_self_one():
+    original = labels([0, 0, 1, 1, 0], [1, 2, 3, 0, 0])
+    current = labels([0, 1, 0, 1, 0], [1, 2, 3, 2, 0])  # items 1, 2, 3 flipped
+    m = ev.coupling_metrics(current, current, original)
+    assert m["self"] == 1.0 and m["orig"] == pytest.approx(0.4) and m["gap"] == pytest.approx(0.6)
+    assert m["n_flipped"] == 3 and m["self_flipped"] == 1.0 and m["orig_flipped"] == 0.0
+    assert m["n_became_changed"] == 1 and m["n_became_unchanged"] == 1
+    assert m["has_changed_f1"] == 1.0 and m["content_match"] == 1.0 and m["agreement"] == pytest.approx(0.4)
+    stale = ev.coupling_metrics(original, current, original)  # explanations stuck on the frozen labels
+    assert stale["gap"] == pytest.approx(-0.6) and stale["self_flipped"] == 0.0
+
+
+def test_has_changed_f1_by_hand():
+    # 2 true positives, 1 false positive, 1 false negative: F1 = 4 / (4 + 1 + 1)
+    assert ev.f1(np.array([1, 1, 1, 0, 0]), np.array([1, 1, 0, 1, 0])) == pytest.approx(4 / 6)
+
+
+def test_mean_ci_uses_students_t():
+    mean, half = ev.mean_ci([0.1, 0.2, 0.3])
+    assert mean == pytest.approx(0.2) and half == pytest.approx(4.303 * 0.1 / np.sqrt(3))
+    assert np.isnan(ev.mean_ci([0.5])[1])
+
+
+def tiny_run(tmp_path, **kw):
+    cfg = ev.RunConfig(task="refusal", seed=1, n_explain=40, n_eval=60, n_kl_prompts=64,
+                       pretrain=PretrainConfig(steps=60, batch_size=32, n_embd=16, n_head=2, warmup=5),
+                       explain=ExplainConfig(steps=6, explain_batch=8, shift_batch=8, kl_batch=8, eval_every=3),
+                       **kw)
+    path = tmp_path / "result.json"
+    ev.run_coupling(cfg, str(path), runs_dir=str(tmp_path / "runs"), log=lambda *a: None)
+    return json.loads(path.read_text())
+
+
+def test_a_short_end_to_end_run_writes_a_valid_results_file(tmp_path):
+    result = tiny_run(tmp_path)
+    assert result["config"]["task"] == "refusal" and result["config"]["seed"] == 1
+    assert {"git_commit", "torch", "numpy", "tiktoken", "python"} <= set(result["provenance"])
+    assert [p["step"] for p in result["curve"]] == [0, 3, 6]
+    assert result["baseline"] == result["curve"][0] and result["final"] == result["curve"][-1]
+    for point in result["curve"]:
+        assert 0 <= point["self"] <= 1 and 0 <= point["orig"] <= 1
+        assert point["gap"] == pytest.approx(point["self"] - point["orig"])
+        assert point["n_items"] == 60
+    assert result["curve"][0]["n_flipped"] == 0  # at step 0 the model is M0: nothing has flipped
+    assert result["data"]["n_shift_cases"] > 0
+
+
+@pytest.mark.parametrize("kw, message", [({"task": "maths"}, "task 'maths' is unknown"),
+                                         ({"shift": "sideways"}, "shift='sideways' is unknown for task hint"),
+                                         ({"shift_size": 2.0}, r"shift_size=2.0 is a probability"),
+                                         ({"label_noise": -0.1}, r"label_noise=-0.1 is a probability"),
+                                         ({"n_eval": 0}, "n_eval=0 must be a positive integer")])
+def test_bad_run_settings_are_refused(kw, message):
+    with pytest.raises(ValueError, match=message):
+        ev.RunConfig(**kw)
