@@ -18,7 +18,6 @@ import tiktoken
 # ---------------------------------------------------------------------------------------------------------
 # Tokenizer: one token per word, built offline from the tasks' own lexicon.
 
-END = "<|end|>"  # ends an explanation; generation stops there
 _WORD_SPLIT = r" ?[^\s]+|\s+"  # a word with its leading space, or a run of white space
 
 
@@ -57,12 +56,10 @@ def build_tokenizer():
     ranks = {bytes([b]): b for b in range(256)}
     for piece in [w for w in STRUCTURE_WORDS if len(w) > 1] + [" " + w for w in words]:
         ranks.setdefault(piece.encode(), len(ranks))
-    return tiktoken.Encoding("coupling-words", pat_str=_WORD_SPLIT, mergeable_ranks=ranks,
-                             special_tokens={END: len(ranks)})
+    return tiktoken.Encoding("coupling-words", pat_str=_WORD_SPLIT, mergeable_ranks=ranks, special_tokens={})
 
 
 TOKENIZER = build_tokenizer()
-END_ID = TOKENIZER.encode_single_token(END)
 
 
 def tokenizer_fingerprint(enc=TOKENIZER):
@@ -72,7 +69,7 @@ def tokenizer_fingerprint(enc=TOKENIZER):
 
 
 def encode(text):
-    return TOKENIZER.encode(text, allowed_special={END})
+    return TOKENIZER.encode_ordinary(text)
 
 
 def decode(ids):
@@ -346,6 +343,39 @@ class RefusalTask(Task):
 
     def shift_unit(self, world, unit, rng):
         world["sensitive"][unit] = not world["sensitive"][unit]
+
+
+class TriggerTask(Task):
+    """A novel behaviour (the Jabberwocky analogue) on top of a base task: the nonsense word "blorp"
+    at the end of a prompt makes the answer the task's last answer. M0 never sees the word; the
+    behaviour is meant to be taught only by behaviour fine-tuning, never by explanation labels. C is
+    the word itself (the case's last field), while the base task's own feature stays as it is."""
+    word = "blorp"
+
+    def __init__(self, base):
+        self.base = base
+        self.name, self.feature, self.answers, self.slot = f"{base.name}+trigger", self.word, base.answers, base.slot
+
+    def new_world(self, rng):
+        return self.base.new_world(rng)
+
+    def render_body(self, case):
+        return self.base.render_body(case[:-1]) + (f" {self.word}" if case[-1] >= 0 else "")
+
+    def teacher(self, world, case):
+        return len(self.answers) - 1 if case[-1] >= 0 else self.base.teacher(world, case[:-1])
+
+    def units_of(self, case):
+        return self.base.units_of(case[:-1])
+
+    def random_case(self, rng, units):
+        return self.base.random_case(rng, units) + (int(rng.integers(-1, 1)),)
+
+    def random_item(self, rng, world, units):
+        return self.base.random_case(rng, units) + (0,)
+
+    def eval_units(self, split_heldout, all_units):
+        return self.base.eval_units(split_heldout, all_units)
 
 
 TASKS = {task.name: task for task in (HintTask(), JudgementTask(), RefusalTask())}

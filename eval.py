@@ -258,8 +258,8 @@ def run_or_load(cfg, path, log=print):
 
 def main_configs(tasks=MAIN_TASKS, seeds=MAIN_SEEDS, device="auto"):
     configs = []
-    for task in tasks:
-        for seed in seeds:
+    for seed in seeds:  # seed-major, so an interrupted suite already covers every task
+        for task in tasks:
             for kl_weight in (1.0, 0.0):
                 configs.append(RunConfig(task=task, seed=seed, pretrain=PretrainConfig(device=device),
                                          explain=ExplainConfig(kl_weight=kl_weight)))

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data import END, END_ID, check_fraction, decode, encode
+from data import check_fraction, decode, encode
 from train import case_logprobs
 
 QUERY = " if the {feature} were removed ?"
 REMAIN, CHANGE = " would remain {answer} .", " would become {answer} ."
-MAX_EXPLANATION_TOKENS = 5  # " would become X ." and the end token
+EXPLANATION_TOKENS = 4  # " would become X ." is always four tokens
 _PATTERN = re.compile(r"^ would (remain|become) (\S+) \.$")
 
 
@@ -67,7 +67,7 @@ def explanation_query(task, case, query=QUERY):
 
 
 def explanation_text(task, changed, answer):
-    return (CHANGE if changed else REMAIN).format(answer=task.answers[answer]) + END
+    return (CHANGE if changed else REMAIN).format(answer=task.answers[answer])
 
 
 def explanation_data(task, items, labels, query=QUERY):
@@ -89,7 +89,7 @@ def explain(model, task, items, query=QUERY, batch_size=1024):
     changed, answer = [], []
     for i in range(0, len(items), batch_size):
         prompts = [encode(explanation_query(task, c, query)) for c in items[i: i + batch_size]]
-        for tokens in model.generate(prompts, MAX_EXPLANATION_TOKENS, stop_id=END_ID):
+        for tokens in model.generate(prompts, EXPLANATION_TOKENS):
             parsed = parse_explanation(task, decode(tokens))
             changed.append(parsed[0] if parsed else -1)
             answer.append(parsed[1] if parsed else -1)

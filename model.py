@@ -172,28 +172,17 @@ class GPT(nn.Module):
         return self.answer_logprobs_from_hidden(h[torch.arange(len(prompts)), lengths - 1], answer_ids)
 
     @torch.no_grad()
-    def generate(self, prompts, max_new_tokens, stop_id=None):
-        """Greedy continuation of each prompt, batched; returns the new tokens of each (without stop_id)."""
+    def generate(self, prompts, max_new_tokens):
+        """Greedy continuation of each prompt by max_new_tokens tokens, batched; returns the new tokens."""
         idx, lengths = self.pad(prompts)
-        B = len(prompts)
-        idx = torch.cat([idx, idx.new_zeros(B, max_new_tokens)], dim=1)
-        rows = torch.arange(B, device=self.device)
-        done = torch.zeros(B, dtype=torch.bool, device=self.device)
-        out = []
+        idx = torch.cat([idx, idx.new_zeros(len(prompts), max_new_tokens)], dim=1)
+        rows = torch.arange(len(prompts), device=self.device)
         for _ in range(max_new_tokens):
             # Causal attention: positions after lengths-1 (padding, not yet written) cannot affect it.
             h = self.hidden(idx[:, : int(lengths.max())])[rows, lengths - 1]
-            logits = self.head(h)
-            nxt = logits.argmax(dim=-1)
-            if stop_id is not None:
-                done = done | (nxt == stop_id)
-            out.append(torch.where(done, -1, nxt))
-            idx[rows, lengths] = nxt
+            idx[rows, lengths] = self.head(h).argmax(dim=-1)
             lengths = lengths + 1
-            if done.all():
-                break
-        new = torch.stack(out, dim=1).tolist()
-        return [[t for t in row if t >= 0] for row in new]
+        return [row[n - max_new_tokens: n].tolist() for row, n in zip(idx.cpu(), lengths.tolist())]
 
 
 def pick_device(name="auto"):

@@ -207,16 +207,19 @@ def pretrain(cfg: PretrainConfig, path, log=print):
 @dataclass
 class ExplainConfig:
     steps: int = 300
-    lr: float = 5e-3
+    lr: float = 3e-3
     explain_batch: int = 128
     shift_batch: int = 128
     kl_batch: int = 64
     kl_weight: float = 1.0
+    warmup: int = 30
     eval_every: int = 100
 
     def __post_init__(self):
         for name in ("steps", "explain_batch", "shift_batch", "kl_batch", "eval_every"):
             check_positive(name, getattr(self, name))
+        if self.warmup < 0:
+            raise ValueError(f"warmup={self.warmup} must be >= 0")
         if not self.lr > 0:
             raise ValueError(f"lr={self.lr} must be positive")
         if not self.kl_weight >= 0:
@@ -269,6 +272,8 @@ def train_explainer(model, reference, cfg: ExplainConfig, seed, explain_data, sh
             logp = answer_logprobs_at_end(model, h, lengths, rows, answer_ids)
             loss = loss + cfg.kl_weight * kl_to_reference(logp, ref_logp)
         check_finite(loss, step, "explanation training")
+        for group in optimizer.param_groups:  # a short warm-up, then constant
+            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -112,3 +112,19 @@ def test_bad_task_sizes_and_probabilities_are_refused():
         task.shift(split.world, np.random.default_rng(0), split.heldout_units, 0.1, "sideways")
     with pytest.raises(ValueError, match="could not draw 5000 distinct items"):
         task.split(0, n_eval=5000)
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_the_trigger_word_forces_the_last_answer_and_removing_it_restores_the_base_behaviour(name):
+    base = get_task(name)
+    task = data.TriggerTask(base)
+    split = task.split(0, n_explain=50, n_eval=50)
+    last = len(base.answers) - 1
+    for item in split.eval_items:
+        assert task.render(item).endswith(f" blorp{base.slot}")
+        assert task.teacher(split.world, item) == last
+        without = task.without_feature(item)
+        assert task.render(without) == base.render(without[:-1])
+        assert task.teacher(split.world, without) == base.teacher(split.world, without[:-1])
+    changed = [task.teacher(split.world, task.without_feature(c)) != last for c in split.eval_items]
+    assert 0.2 < np.mean(changed) < 0.9  # both verdicts occur

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from data import END, encode, get_task
-from explain import (Labels, add_label_noise, explanation_data, explanation_query, explanation_text,
+from data import encode, get_task
+from explain import (EXPLANATION_TOKENS, Labels, add_label_noise, explanation_data, explanation_query, explanation_text,
                      labels_from_behaviour, parse_explanation)
 
 
@@ -16,8 +16,8 @@ def test_labels_from_behaviour():
 def test_explanation_text_reads_back_to_its_label(changed, answer):
     task = get_task("hint")
     text = explanation_text(task, changed, answer)
-    assert text.endswith(END)
-    assert parse_explanation(task, text[: -len(END)]) == (changed, answer)
+    assert len(encode(text)) == EXPLANATION_TOKENS
+    assert parse_explanation(task, text) == (changed, answer)
 
 
 @pytest.mark.parametrize("text", ["", " would remain", " would remain E .", " would become to A .",
@@ -32,7 +32,7 @@ def test_explanation_sequences_are_the_query_then_the_target():
     (query, target), = explanation_data(task, [item], Labels(np.array([1]), np.array([0])))
     assert query == encode(explanation_query(task, item))
     assert explanation_query(task, item).endswith("urgently . if the cue were removed ?")
-    assert target == encode(" would become sure ." + END)
+    assert target == encode(" would become sure .")
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.1, 0.25, 0.4, 1.0])

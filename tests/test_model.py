@@ -51,12 +51,6 @@ def test_batched_greedy_generation_equals_one_prompt_at_a_time():
         assert out == seq[len(prompt):]
 
 
-def test_generation_stops_at_the_stop_token():
-    model = tiny()
-    first = model.generate([[1, 2]], max_new_tokens=1)[0][0]
-    assert model.generate([[1, 2]], max_new_tokens=5, stop_id=first) == [[]]
-
-
 @pytest.mark.parametrize("field, value", [("n_layer", 0), ("n_embd", -8), ("vocab_size", 0), ("lora_rank", -1)])
 def test_bad_model_sizes_are_refused_with_the_value(field, value):
     kwargs = dict(vocab_size=50, n_embd=16, n_head=2)

@@ -1,0 +1,27 @@
+# Every target builds its own virtual environment from the pinned requirements first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEVICE ?= auto
+
+.PHONY: test reproduce quick report clean
+
+$(VENV)/installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+test: $(VENV)/installed
+	$(PY) -m pytest -q tests
+
+reproduce: $(VENV)/installed
+	$(PY) eval.py reproduce --device $(DEVICE)
+
+quick: $(VENV)/installed
+	$(PY) eval.py quick --device $(DEVICE)
+
+report: $(VENV)/installed
+	$(PY) eval.py report
+
+clean:
+	rm -rf runs results/quick
