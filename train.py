@@ -120,7 +120,7 @@ class PretrainConfig:
 
 
 def lr_at(step, cfg):
-    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    """Linear warm-up, then cosine decay to a tenth of the peak (both stages)."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
@@ -213,6 +213,7 @@ class ExplainConfig:
     kl_batch: int = 64
     kl_weight: float = 1.0
     warmup: int = 30
+    grad_clip: float = 1.0
     eval_every: int = 100
 
     def __post_init__(self):
@@ -272,10 +273,11 @@ def train_explainer(model, reference, cfg: ExplainConfig, seed, explain_data, sh
             logp = answer_logprobs_at_end(model, h, lengths, rows, answer_ids)
             loss = loss + cfg.kl_weight * kl_to_reference(logp, ref_logp)
         check_finite(loss, step, "explanation training")
-        for group in optimizer.param_groups:  # a short warm-up, then constant
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
     model.eval()
     return model
