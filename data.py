@@ -173,9 +173,11 @@ class Task:
         world = self.new_world(rng)
         order = rng.permutation(N_UNITS)
         explain_units, heldout_units = np.sort(order[: N_UNITS // 2]), np.sort(order[N_UNITS // 2:])
-        explain_items = self._distinct_items(rng, world, explain_units, n_explain, exclude=set())
-        eval_items = self._distinct_items(rng, world, self.eval_units(heldout_units, np.arange(N_UNITS)),
-                                          n_eval, exclude=set(explain_items))
+        explain_items = self._distinct_items(np.random.default_rng([seed, 1, 1]), world, explain_units,
+                                             n_explain, exclude=set())
+        eval_items = self._distinct_items(np.random.default_rng([seed, 1, 2]), world,
+                                          self.eval_units(heldout_units, np.arange(N_UNITS)), n_eval,
+                                          exclude=set(explain_items))
         return Split(world, explain_units, heldout_units, explain_items, eval_items)
 
     def _distinct_items(self, rng, world, units, n, exclude):

@@ -14,6 +14,7 @@ Coupling is Self > Orig. The two differ only on flipped items (E(M0) != E(M_t)).
 """
 import argparse
 import copy
+import hashlib
 import json
 import math
 import os
@@ -132,10 +133,11 @@ DEFAULT_SHIFT = {"hint": ("reduce", 0.2), "judgement": ("flip", 0.3), "refusal":
 def provenance():
     """What a result needs beside it to be reproduced: versions, commit, machine."""
     try:
+        here = os.path.dirname(os.path.abspath(__file__))
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
+                                cwd=here).stdout.strip() or "unknown"
         dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True).stdout.strip())
+                                    capture_output=True, text=True, cwd=here).stdout.strip())
     except OSError:
         commit, dirty = "unknown", False
     return {"git_commit": commit, "git_dirty": dirty, "python": platform.python_version(),
@@ -148,8 +150,19 @@ def write_json(obj, path):
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
+        json.dump(_nan_to_none(obj), f, indent=1, allow_nan=False)
     os.replace(tmp, path)
+
+
+def _nan_to_none(obj):
+    """Strict JSON has no NaN: an undefined metric (e.g. Self@flipped with nothing flipped) is null."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nan_to_none(v) for v in obj]
+    return obj
 
 
 def run_coupling(cfg: RunConfig, out_path=None, runs_dir=RUNS, log=print):
@@ -158,28 +171,29 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=RUNS, log=print):
     m0_path = os.path.join(runs_dir, cfg.task, f"seed{cfg.seed}", "m0.pt")
     m0, m0_report = pretrain(cfg.pretrain, m0_path, log=log)
     split = task.split(cfg.seed, cfg.n_explain, cfg.n_eval)
-    rng = np.random.default_rng([cfg.seed, 5])
+    # One generator per purpose, so that e.g. adding label noise leaves the shift and KL prompts unchanged.
+    noise_rng, shift_rng, shift_case_rng, kl_rng = (np.random.default_rng([cfg.seed, 5, k]) for k in range(4))
 
     # Stage A: frozen labels from M0's own behaviour (optionally with label noise).
     with_c, without_c = behaviour(m0, task, split.explain_items)
     train_labels = labels_from_behaviour(with_c, without_c)
     if cfg.label_noise:
-        train_labels, _ = add_label_noise(task, train_labels, with_c, cfg.label_noise, rng)
+        train_labels, _ = add_label_noise(task, train_labels, with_c, cfg.label_noise, noise_rng)
     m0_logp = case_logprobs(m0, task, pair_cases(task, split.eval_items))
     orig_labels = labels_from_behaviour(*_split_pairs(m0_logp.argmax(-1).numpy()))
 
     # The concurrent shift: a new world for some held-out units, trained only on cases that change.
     world = split.world
     if cfg.shift != "none" and cfg.shift_size > 0:
-        world, shifted = task.shift(split.world, rng, split.heldout_units, cfg.shift_size, cfg.shift)
-        shift_cases = task.changed_cases(rng, split.world, world)
+        world, shifted = task.shift(split.world, shift_rng, split.heldout_units, cfg.shift_size, cfg.shift)
+        shift_cases = task.changed_cases(shift_case_rng, split.world, world)
     else:
         shifted, shift_cases = np.array([], dtype=int), []
     shift_data = [(task.encode(c), task.teacher(world, c)) for c in shift_cases]
 
     # KL prompts: cases on units that do not shift, plus the explanation items with and without C.
     unshifted = np.setdiff1d(np.arange(N_UNITS), shifted)
-    kl_cases = {task.random_case(rng, unshifted) for _ in range(cfg.n_kl_prompts)}
+    kl_cases = {task.random_case(kl_rng, unshifted) for _ in range(cfg.n_kl_prompts)}
     kl_cases = sorted(kl_cases | set(pair_cases(task, split.explain_items)))
     kl_prompts = [task.encode(c) for c in kl_cases]
 
@@ -237,8 +251,11 @@ def _shift_learned(model, task, world, cases):
 MAIN_TASKS, MAIN_SEEDS = ("hint", "judgement", "refusal"), (0, 1, 2)
 
 
-def result_path(experiment, cfg):
-    return os.path.join(RESULTS, experiment, cfg.task, f"{cfg.name}.json")
+def result_path(experiment, cfg, tagged=False):
+    """Where a run's result lives; tagged adds a hash of the config, so that runs of one seed with
+    different settings never overwrite each other."""
+    tag = "_" + hashlib.sha1(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:8] if tagged else ""
+    return os.path.join(RESULTS, experiment, cfg.task, f"{cfg.name}{tag}.json")
 
 
 def run_or_load(cfg, path, log=print):
@@ -413,9 +430,9 @@ def seed_table(groups):
     return "\n".join(rows)
 
 
-def write_report(experiment="main", path="REPORT.md"):
-    """Figures and REPORT.md from the saved results alone."""
-    results = load_results(experiment)
+def write_report(experiment="main", path="REPORT.md", results=None):
+    """Figures and REPORT.md from results (by default every result saved under the experiment)."""
+    results = results if results is not None else load_results(experiment)
     if not results:
         raise FileNotFoundError(f"no results under {os.path.join(RESULTS, experiment)}; run `make reproduce`")
     groups = group(results)
@@ -470,7 +487,7 @@ def _add_config_flags(parser, config_cls, prefix="", skip=()):
         if f.name in skip or f.type in (PretrainConfig, ExplainConfig, "PretrainConfig", "ExplainConfig"):
             continue
         default = getattr(config_cls(), f.name) if config_cls is not RunConfig else f.default
-        parser.add_argument(f"--{prefix}{f.name.replace('_', '-')}", dest=f"{prefix}{f.name}",
+        parser.add_argument(f"--{prefix}{f.name.replace('_', '-')}", dest=f"{prefix.replace('-', '_')}{f.name}",
                             type=type(default), default=default)
 
 
@@ -486,7 +503,7 @@ def config_from_args(args):
     return RunConfig(**run, pretrain=PretrainConfig(**pre), explain=ExplainConfig(**exp))
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description="Introspective coupling experiments.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="one coupling run, printed live")
@@ -501,21 +518,25 @@ def main(argv=None):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     sub.add_parser("report", help="figures and REPORT.md from saved results")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
             cfg = config_from_args(args)
-            out = args.out or result_path("runs", cfg)
+            out = args.out or result_path("runs", cfg, tagged=True)
             result = run_coupling(cfg, out)
             f = result["final"]
             print(f"final: Self {f['self']:.3f}, Orig {f['orig']:.3f}, gap {f['gap']:+.3f}, {f['n_flipped']} flipped "
                   f"(Self@flipped {f['self_flipped']:.2f}) -> {out}")
         elif args.command == "quick":
-            run_suite("quick", main_configs(tasks=("hint",), seeds=(0,), device=args.device))
-            write_report("quick", "results/quick/REPORT.md")
+            results = run_suite("quick", main_configs(tasks=("hint",), seeds=(0,), device=args.device))
+            write_report("quick", "results/quick/REPORT.md", results)
         elif args.command == "reproduce":
-            run_suite("main", main_configs(device=args.device))
-            write_report("main")
+            write_report("main", results=run_suite("main", main_configs(device=args.device)))
         elif args.command == "report":
             write_report("main")
     except (ValueError, FileNotFoundError) as err:

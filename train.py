@@ -69,23 +69,8 @@ def load_checkpoint(path, device="cpu"):
     return ckpt
 
 
-def model_from_checkpoint(ckpt, device, lora_rank=0):
-    """Rebuild the model a checkpoint holds, optionally with fresh (zero-initialised) LoRA adapters."""
-    cfg = GPTConfig(**{**ckpt["model_config"], "lora_rank": lora_rank})
-    model = GPT(cfg).to(device)
-    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
-    if unexpected or any("lora" not in name for name in missing):
-        raise ValueError(f"checkpoint does not match the model config {cfg}")
-    return model
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Losses shared by both stages
-
-def answer_logprobs_at_end(model, h, lengths, rows, answer_ids):
-    """Answer-set log-probabilities at the last real token of the given rows of a padded batch."""
-    return model.answer_logprobs_from_hidden(h[rows, lengths[rows] - 1], answer_ids)
-
 
 def check_finite(loss, step, stage):
     if not torch.isfinite(loss):
@@ -178,11 +163,8 @@ def pretrain(cfg: PretrainConfig, path, log=print):
     for step in range(start, cfg.steps):
         rng = np.random.default_rng([cfg.seed, 2, step])
         cases = [task.random_case(rng, np.arange(N_UNITS)) for _ in range(cfg.batch_size)]
-        idx, lengths = model.pad([task.encode(c) for c in cases])
         targets = torch.tensor([task.teacher(world, c) for c in cases], device=device)
-        rows = torch.arange(len(cases), device=device)
-        logp = answer_logprobs_at_end(model, model.hidden(idx), lengths, rows, answer_ids)
-        loss = F.nll_loss(logp, targets)
+        loss = F.nll_loss(model.answer_logprobs([task.encode(c) for c in cases], answer_ids), targets)
         check_finite(loss, step, "pretraining")
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
@@ -232,6 +214,17 @@ def kl_to_reference(logp, ref_logp):
     return (logp.exp() * (logp - ref_logp)).sum(-1).mean()
 
 
+def explanation_loss(model, sequences):
+    """Mean cross-entropy on the target tokens of (prompt ids, target ids) sequences; the prompt is
+    context only. The output head is computed only where a target token is scored."""
+    idx, _ = model.pad([prompt + target for prompt, target in sequences])
+    targets = torch.full_like(idx, -1)
+    for row, (prompt, target) in enumerate(sequences):  # the logit at t predicts the token at t + 1
+        targets[row, len(prompt) - 1: len(prompt) + len(target) - 1] = torch.tensor(target)
+    scored = targets >= 0
+    return F.cross_entropy(model.head(model.hidden(idx)[scored]).float(), targets[scored])
+
+
 def train_explainer(model, reference, cfg: ExplainConfig, seed, explain_data, shift_data, kl_prompts,
                     answer_ids, on_eval=None):
     """Stage B. explain_data: (prompt_ids, target_ids) pairs, loss on the targets only.
@@ -253,25 +246,16 @@ def train_explainer(model, reference, cfg: ExplainConfig, seed, explain_data, sh
         explain = [explain_data[i] for i in rng.integers(len(explain_data), size=cfg.explain_batch)]
         shift = [shift_data[i] for i in rng.integers(len(shift_data), size=cfg.shift_batch)] if shift_data else []
         kl = [kl_prompts[i] for i in rng.integers(len(kl_prompts), size=cfg.kl_batch)] if use_kl else []
-        # One padded forward pass for all three parts: explanations first, then shift and KL prompts.
-        idx, lengths = model.pad([p + t for p, t in explain] + [p for p, _ in shift] + kl)
-        targets = torch.full_like(idx, -1)
-        for row, (prompt, target) in enumerate(explain):
-            targets[row, len(prompt) - 1: len(prompt) + len(target) - 1] = torch.tensor(target)
-        h = model.hidden(idx)
-        scored = targets >= 0  # the output head is only needed where an explanation token is scored
-        loss = F.cross_entropy(model.head(h[scored]).float(), targets[scored])
-        n_explain, n_shift = len(explain), len(shift)
-        if shift:
-            rows = torch.arange(n_explain, n_explain + n_shift, device=device)
-            answers = torch.tensor([a for _, a in shift], device=device)
-            loss = loss + F.nll_loss(answer_logprobs_at_end(model, h, lengths, rows, answer_ids), answers)
-        if use_kl:
-            rows = torch.arange(n_explain + n_shift, idx.shape[0], device=device)
-            with torch.no_grad():
-                ref_logp = reference.answer_logprobs(kl, answer_ids)
-            logp = answer_logprobs_at_end(model, h, lengths, rows, answer_ids)
-            loss = loss + cfg.kl_weight * kl_to_reference(logp, ref_logp)
+        loss = explanation_loss(model, explain)
+        if shift or kl:  # task prompts: one padded pass for the shift and KL parts together
+            logp = model.answer_logprobs([p for p, _ in shift] + kl, answer_ids)
+            if shift:
+                answers = torch.tensor([a for _, a in shift], device=device)
+                loss = loss + F.nll_loss(logp[: len(shift)], answers)
+            if kl:
+                with torch.no_grad():
+                    ref_logp = reference.answer_logprobs(kl, answer_ids)
+                loss = loss + cfg.kl_weight * kl_to_reference(logp[len(shift):], ref_logp)
         check_finite(loss, step, "explanation training")
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)

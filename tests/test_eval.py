@@ -75,3 +75,28 @@ def test_a_short_end_to_end_run_writes_a_valid_results_file(tmp_path):
 def test_bad_run_settings_are_refused(kw, message):
     with pytest.raises(ValueError, match=message):
         ev.RunConfig(**kw)
+
+
+def test_command_line_flags_reach_every_part_of_the_config():
+    args = ev.build_parser().parse_args(["run", "--task", "judgement", "--seed", "4", "--pretrain-steps", "7",
+                                         "--lr", "0.01", "--shift-size", "0.1", "--no-kl"])
+    cfg = ev.config_from_args(args)
+    assert (cfg.task, cfg.seed, cfg.pretrain.steps, cfg.pretrain.task, cfg.pretrain.seed) == ("judgement", 4, 7,
+                                                                                                "judgement", 4)
+    assert cfg.explain.lr == 0.01 and cfg.explain.kl_weight == 0.0 and cfg.shift_size == 0.1
+
+
+def test_a_bad_flag_value_exits_with_one_line(capsys):
+    with pytest.raises(SystemExit):
+        ev.main(["run", "--task", "hint", "--shift", "sideways"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: shift='sideways' is unknown for task hint; allowed: none, reduce, acquire, both"]
+
+
+def test_label_noise_changes_only_the_labels(tmp_path):
+    clean, noisy = tiny_run(tmp_path), tiny_run(tmp_path, label_noise=0.25)
+    assert noisy["data"]["label_noise_flipped"] == 10
+    for key in ("n_shifted_units", "n_shift_cases", "n_kl_prompts", "n_eval_items"):
+        assert clean["data"][key] == noisy["data"][key]
+    assert clean["baseline"]["n_flipped"] == noisy["baseline"]["n_flipped"] == 0
+    assert clean["data"]["train_changed_fraction"] != noisy["data"]["train_changed_fraction"]
