@@ -380,6 +380,8 @@ def plot_gaps(groups, path):
                     ax.errorbar(i + offset, mean, yerr=half, color="black", capsize=4)
                 ax.scatter([i + offset] * len(values), values, color="black", s=10, zorder=3)
         ax.axhline(0.5 if metric == "self_flipped" else 0, color="black", lw=0.8, ls=":" if metric != "gap" else "-")
+        if metric == "self_flipped":
+            ax.set_ylim(-0.05, 1.05)
         ax.set_xticks(range(len(tasks)), tasks)
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
