@@ -196,6 +196,7 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=RUNS, log=print):
     kl_cases = {task.random_case(kl_rng, unshifted) for _ in range(cfg.n_kl_prompts)}
     kl_cases = sorted(kl_cases | set(pair_cases(task, split.explain_items)))
     kl_prompts = [task.encode(c) for c in kl_cases]
+    kl_reference = case_logprobs(m0, task, kl_cases)  # M0 is frozen: its side of the KL is computed once
 
     explain_data = explanation_data(task, split.explain_items, train_labels)
     eval_targets = np.array([task.teacher(world, c) for c in pair_cases(task, split.eval_items)])
@@ -217,8 +218,8 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=RUNS, log=print):
             f"malformed {metrics['malformed']:.2f}")
 
     model = copy.deepcopy(m0)
-    train_explainer(model, m0, cfg.explain, cfg.seed, explain_data, shift_data, kl_prompts, task.answer_ids,
-                    on_eval)
+    train_explainer(model, cfg.explain, cfg.seed, explain_data, shift_data, kl_prompts, kl_reference,
+                    task.answer_ids, on_eval)
     result = {"config": asdict(cfg), "provenance": provenance(), "m0": m0_report,
               "data": {"n_explain_items": len(explain_data), "n_eval_items": len(split.eval_items),
                        "n_shifted_units": len(shifted), "n_shift_cases": len(shift_data),
