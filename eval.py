@@ -79,9 +79,14 @@ T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.045, 2.042]  # Student's t, 97.5% quantile, 1..30 degrees of freedom
 
 
+def _defined(x):
+    return x is not None and not math.isnan(x)
+
+
 def mean_ci(values):
-    """Mean and half-width of its 95% t-interval over seeds (nan half-width for a single value)."""
-    values = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
+    """Mean and half-width of its 95% t-interval over seeds (nan half-width for a single value).
+    Undefined values (None or nan, e.g. Self@flipped with nothing flipped) are left out."""
+    values = np.asarray([v for v in values if _defined(v)], dtype=float)
     if len(values) == 0:
         return float("nan"), float("nan")
     if len(values) == 1:
@@ -196,7 +201,6 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=RUNS, log=print):
     kl_cases = {task.random_case(kl_rng, unshifted) for _ in range(cfg.n_kl_prompts)}
     kl_cases = sorted(kl_cases | set(pair_cases(task, split.explain_items)))
     kl_prompts = [task.encode(c) for c in kl_cases]
-    kl_reference = case_logprobs(m0, task, kl_cases)  # M0 is frozen: its side of the KL is computed once
 
     explain_data = explanation_data(task, split.explain_items, train_labels)
     eval_targets = np.array([task.teacher(world, c) for c in pair_cases(task, split.eval_items)])
@@ -218,8 +222,8 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=RUNS, log=print):
             f"malformed {metrics['malformed']:.2f}")
 
     model = copy.deepcopy(m0)
-    train_explainer(model, cfg.explain, cfg.seed, explain_data, shift_data, kl_prompts, kl_reference,
-                    task.answer_ids, on_eval)
+    train_explainer(model, m0, cfg.explain, cfg.seed, explain_data, shift_data, kl_prompts, task.answer_ids,
+                    on_eval)
     result = {"config": asdict(cfg), "provenance": provenance(), "m0": m0_report,
               "data": {"n_explain_items": len(explain_data), "n_eval_items": len(split.eval_items),
                        "n_shifted_units": len(shifted), "n_shift_cases": len(shift_data),
@@ -421,14 +425,15 @@ def seed_table(groups):
     rows = ["| task | KL | seed | M0 acc. (with C / without C) | Self | Orig | gap | flipped | Self@flipped | "
             "became changed: n, Self | became unchanged: n, Self | untrained Self | seconds |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    num = lambda x, spec: format(x, spec) if _defined(x) else "n/a"
     for (task, regime), runs in groups.items():
         for r in runs:
             f, m0 = r["final"], r["m0"]
             rows.append(f"| {task} | {'yes' if regime == 'kl' else 'no'} | {r['config']['seed']} | "
                         f"{m0['accuracy_with_c']:.3f} / {m0['accuracy_without_c']:.3f} | {f['self']:.3f} | "
-                        f"{f['orig']:.3f} | {f['gap']:+.3f} | {f['n_flipped']} | {f['self_flipped']:.2f} | "
-                        f"{f['n_became_changed']}, {f['self_became_changed']:.2f} | "
-                        f"{f['n_became_unchanged']}, {f['self_became_unchanged']:.2f} | "
+                        f"{f['orig']:.3f} | {f['gap']:+.3f} | {f['n_flipped']} | {num(f['self_flipped'], '.2f')} | "
+                        f"{f['n_became_changed']}, {num(f['self_became_changed'], '.2f')} | "
+                        f"{f['n_became_unchanged']}, {num(f['self_became_unchanged'], '.2f')} | "
                         f"{r['baseline']['self']:.3f} | {r['seconds']:.0f} |")
     return "\n".join(rows)
 

@@ -89,7 +89,7 @@ class PretrainConfig:
     batch_size: int = 128
     lr: float = 5e-3
     warmup: int = 50
-    lm_rows: int = 32  # rows of each batch whose prompt tokens also get a next-token loss (0: off)
+    lm_rows: int = 0  # rows of each batch whose prompt tokens also get a next-token loss (0: off)
     n_layer: int = 2
     n_head: int = 4
     n_embd: int = 64
@@ -236,15 +236,15 @@ def explanation_loss(model, sequences):
     return F.cross_entropy(model.head(model.hidden(idx)[scored]).float(), targets[scored])
 
 
-def train_explainer(model, cfg: ExplainConfig, seed, explain_data, shift_data, kl_prompts, kl_reference,
+def train_explainer(model, reference, cfg: ExplainConfig, seed, explain_data, shift_data, kl_prompts,
                     answer_ids, on_eval=None):
     """Stage B. explain_data: (prompt_ids, target_ids) pairs, loss on the targets only.
     shift_data: (prompt_ids, answer_index) pairs the behaviour should move to (may be empty).
-    kl_prompts: task prompts whose answer distribution is held near the reference model's, whose
-    answer log-probabilities on them are kl_reference [len(kl_prompts), n_answers] (computed once).
+    kl_prompts: task prompts whose answer distribution is held near the frozen reference model's.
     on_eval(step, model) is called at step 0, every eval_every steps and at the end."""
     device = model.device
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    reference.eval()
     use_kl = cfg.kl_weight > 0 and len(kl_prompts) > 0
     for step in range(cfg.steps + 1):
         if on_eval and (step % cfg.eval_every == 0 or step == cfg.steps):
@@ -256,8 +256,7 @@ def train_explainer(model, cfg: ExplainConfig, seed, explain_data, shift_data, k
         rng = np.random.default_rng([seed, 4, step])
         explain = [explain_data[i] for i in rng.integers(len(explain_data), size=cfg.explain_batch)]
         shift = [shift_data[i] for i in rng.integers(len(shift_data), size=cfg.shift_batch)] if shift_data else []
-        kl_rows = rng.integers(len(kl_prompts), size=cfg.kl_batch) if use_kl else []
-        kl = [kl_prompts[i] for i in kl_rows]
+        kl = [kl_prompts[i] for i in rng.integers(len(kl_prompts), size=cfg.kl_batch)] if use_kl else []
         loss = explanation_loss(model, explain)
         if shift or kl:  # task prompts: one padded pass for the shift and KL parts together
             logp = model.answer_logprobs([p for p, _ in shift] + kl, answer_ids)
@@ -265,7 +264,8 @@ def train_explainer(model, cfg: ExplainConfig, seed, explain_data, shift_data, k
                 answers = torch.tensor([a for _, a in shift], device=device)
                 loss = loss + F.nll_loss(logp[: len(shift)], answers)
             if kl:
-                ref_logp = kl_reference[torch.as_tensor(kl_rows)].to(device)
+                with torch.no_grad():
+                    ref_logp = reference.answer_logprobs(kl, answer_ids)
                 loss = loss + cfg.kl_weight * kl_to_reference(logp[len(shift):], ref_logp)
         check_finite(loss, step, "explanation training")
         for group in optimizer.param_groups:
