@@ -100,3 +100,17 @@ def test_label_noise_changes_only_the_labels(tmp_path):
         assert clean["data"][key] == noisy["data"][key]
     assert clean["baseline"]["n_flipped"] == noisy["baseline"]["n_flipped"] == 0
     assert clean["data"]["train_changed_fraction"] != noisy["data"]["train_changed_fraction"]
+
+
+def test_the_same_seed_gives_identical_metrics_in_two_fresh_processes(tmp_path):
+    import subprocess
+    import sys
+    code = ("import sys, json; sys.path.insert(0, '.'); sys.path.insert(0, 'tests'); import test_eval, pathlib; "
+            "r = test_eval.tiny_run(pathlib.Path(sys.argv[1])); print(json.dumps(r['curve']))")
+    curves = []
+    for k in range(2):
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path / f"p{k}")], capture_output=True,
+                             text=True, cwd=ev.__file__.rsplit("/", 1)[0], check=True).stdout
+        curves.append([{key: v for key, v in point.items() if key != "seconds"}
+                       for point in json.loads(out.strip().splitlines()[-1])])
+    assert curves[0] == curves[1]
