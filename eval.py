@@ -28,9 +28,9 @@ import numpy as np
 import tiktoken
 import torch
 
-from data import N_UNITS, TASKS, check_fraction, check_positive, encode, get_task
+from data import N_UNITS, TASKS, check_fraction, check_positive, get_task
 from explain import (Labels, add_label_noise, behaviour, explain, explanation_data, labels_from_behaviour,
-                     pair_cases)
+                     pair_cases, split_pairs)
 from train import ExplainConfig, PretrainConfig, case_logprobs, kl_to_reference, pretrain, train_explainer
 
 RESULTS = "results"
@@ -185,7 +185,7 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=RUNS, log=print):
     if cfg.label_noise:
         train_labels, _ = add_label_noise(task, train_labels, with_c, cfg.label_noise, noise_rng)
     m0_logp = case_logprobs(m0, task, pair_cases(task, split.eval_items))
-    orig_labels = labels_from_behaviour(*_split_pairs(m0_logp.argmax(-1).numpy()))
+    orig_labels = labels_from_behaviour(*split_pairs(m0_logp.argmax(-1).numpy()))
 
     # The concurrent shift: a new world for some held-out units, trained only on cases that change.
     world = split.world
@@ -209,7 +209,7 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=RUNS, log=print):
 
     def on_eval(step, model):
         logp = case_logprobs(model, task, pair_cases(task, split.eval_items))
-        current = labels_from_behaviour(*_split_pairs(logp.argmax(-1).numpy()))
+        current = labels_from_behaviour(*split_pairs(logp.argmax(-1).numpy()))
         metrics = coupling_metrics(explain(model, task, split.eval_items), current, orig_labels)
         metrics.update(step=step, seconds=round(time.time() - t0, 2),
                        task_accuracy=_mean(logp.argmax(-1).numpy() == eval_targets),
@@ -235,11 +235,6 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=RUNS, log=print):
     if out_path:
         write_json(result, out_path)
     return result
-
-
-def _split_pairs(answers):
-    half = len(answers) // 2
-    return answers[:half], answers[half:]
 
 
 def _shift_learned(model, task, world, cases):

@@ -37,29 +37,26 @@ class Labels:
         """Per item: both the verdict and the counterfactual answer agree (the exact match)."""
         return (self.changed == other.changed) & (self.answer == other.answer)
 
-    def to_lists(self):
-        return {"changed": self.changed.tolist(), "answer": self.answer.tolist()}
-
 
 def pair_cases(task, items):
     """The cases of the pairs (x, x\\C): all items with C, then the same items without C."""
     return list(items) + [task.without_feature(c) for c in items]
 
 
+def split_pairs(answers):
+    """Answers over pair_cases(...) back into (answers with C, answers without C)."""
+    half = len(answers) // 2
+    return answers[:half], answers[half:]
+
+
 def behaviour(model, task, items):
     """B(M): answers with C and without C for each item, in one batched pass over both."""
-    answers = case_logprobs(model, task, pair_cases(task, items)).argmax(-1).numpy()
-    return answers[: len(items)], answers[len(items):]
+    return split_pairs(case_logprobs(model, task, pair_cases(task, items)).argmax(-1).numpy())
 
 
 def labels_from_behaviour(with_c, without_c):
     """E(M) from B(M)."""
     return Labels(changed=(with_c != without_c).astype(int), answer=np.asarray(without_c, dtype=int))
-
-
-def self_labels(model, task, items):
-    """E(M) for a model: what its own behaviour says about removing C on each item."""
-    return labels_from_behaviour(*behaviour(model, task, items))
 
 
 def explanation_query(task, case, query=QUERY):
