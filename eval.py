@@ -31,7 +31,8 @@ import torch
 from data import N_UNITS, TASKS, check_fraction, check_positive, get_task
 from explain import (Labels, add_label_noise, behaviour, explain, explanation_data, labels_from_behaviour,
                      pair_cases, split_pairs)
-from train import ExplainConfig, PretrainConfig, case_logprobs, kl_to_reference, pretrain, train_explainer
+from train import (ExplainConfig, PretrainConfig, behaviour_accuracy, case_logprobs, kl_to_reference, pretrain,
+                   train_explainer)
 
 RESULTS = "results"
 RUNS = "runs"
@@ -214,7 +215,7 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=RUNS, log=print):
         metrics.update(step=step, seconds=round(time.time() - t0, 2),
                        task_accuracy=_mean(logp.argmax(-1).numpy() == eval_targets),
                        kl_to_m0=float(kl_to_reference(logp, m0_logp)),
-                       shift_learned=_shift_learned(model, task, world, shift_probe))
+                       shift_learned=behaviour_accuracy(model, task, world, shift_probe))
         curve.append(metrics)
         log(f"  {cfg.task} {cfg.name} step {step:4d}: Self {metrics['self']:.3f} Orig {metrics['orig']:.3f} "
             f"gap {metrics['gap']:+.3f} flipped {metrics['n_flipped']:3d} (Self@flipped "
@@ -235,14 +236,6 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=RUNS, log=print):
     if out_path:
         write_json(result, out_path)
     return result
-
-
-def _shift_learned(model, task, world, cases):
-    """Fraction of the shift's cases that the model now answers the new way (nan without a shift)."""
-    if not cases:
-        return float("nan")
-    answers = case_logprobs(model, task, cases).argmax(-1).numpy()
-    return _mean(answers == np.array([task.teacher(world, c) for c in cases]))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -117,7 +117,9 @@ def lr_at(step, cfg):
 
 @torch.no_grad()
 def behaviour_accuracy(model, task, world, cases):
-    """Fraction of cases where the model's answer equals the teacher's answer in `world`."""
+    """Fraction of cases where the model's answer equals the teacher's answer in `world` (nan if none)."""
+    if not cases:
+        return float("nan")
     answers = case_logprobs(model, task, cases).argmax(-1).numpy()
     return float(np.mean(answers == np.array([task.teacher(world, c) for c in cases])))
 
