@@ -513,7 +513,9 @@ def build_parser():
                             ("reproduce", "the main result: 3 tasks x 3 seeds x (KL, no KL), then the report")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    sub.add_parser("report", help="figures and REPORT.md from saved results")
+    report = sub.add_parser("report", help="figures and REPORT.md from saved results")
+    report.add_argument("--experiment", default="main",
+                        help="a folder under results/ (main writes ./REPORT.md, others results/NAME/REPORT.md)")
     return parser
 
 
@@ -534,7 +536,8 @@ def main(argv=None):
         elif args.command == "reproduce":
             write_report("main", results=run_suite("main", main_configs(device=args.device)))
         elif args.command == "report":
-            write_report("main")
+            name = args.experiment
+            write_report(name, "REPORT.md" if name == "main" else os.path.join(RESULTS, name, "REPORT.md"))
     except (ValueError, FileNotFoundError) as err:
         parser.exit(2, f"error: {err}\n")
 
