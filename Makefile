@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEVICE ?= auto
 
-.PHONY: test reproduce quick report clean
+.PHONY: test reproduce quick report bench clean
 
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ quick: $(VENV)/installed
 
 report: $(VENV)/installed
 	$(PY) eval.py report
+
+bench: $(VENV)/installed
+	$(PY) bench.py --device $(DEVICE)
 
 clean:
 	rm -rf runs results/quick

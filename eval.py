@@ -21,6 +21,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 
@@ -171,10 +172,23 @@ def _nan_to_none(obj):
     return obj
 
 
+def check_writable(folder):
+    """Refuse a folder that cannot be written before any work is done, not after it."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ValueError(f"folder {folder} is not writable ({err.strerror}); choose another folder or fix "
+                         f"its permissions") from None
+
+
 def run_coupling(cfg: RunConfig, out_path=None, runs_dir=RUNS, log=print):
     """One coupling run; returns the result dict (also written to out_path if given)."""
     task, t0 = get_task(cfg.task), time.time()
     m0_path = os.path.join(runs_dir, cfg.task, f"seed{cfg.seed}", "m0.pt")
+    for folder in [os.path.dirname(m0_path)] + ([os.path.dirname(out_path) or "."] if out_path else []):
+        check_writable(folder)
     m0, m0_report = pretrain(cfg.pretrain, m0_path, log=log)
     split = task.split(cfg.seed, cfg.n_explain, cfg.n_eval)
     # One generator per purpose, so that e.g. adding label noise leaves the shift and KL prompts unchanged.
@@ -201,7 +215,7 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=RUNS, log=print):
     unshifted = np.setdiff1d(np.arange(N_UNITS), shifted)
     kl_cases = {task.random_case(kl_rng, unshifted) for _ in range(cfg.n_kl_prompts)}
     kl_cases = sorted(kl_cases | set(pair_cases(task, split.explain_items)))
-    kl_prompts = [task.encode(c) for c in kl_cases]
+    kl_data = list(zip([task.encode(c) for c in kl_cases], case_logprobs(m0, task, kl_cases)))
 
     explain_data = explanation_data(task, split.explain_items, train_labels)
     eval_targets = np.array([task.teacher(world, c) for c in pair_cases(task, split.eval_items)])
@@ -223,12 +237,11 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=RUNS, log=print):
             f"malformed {metrics['malformed']:.2f}")
 
     model = copy.deepcopy(m0)
-    train_explainer(model, m0, cfg.explain, cfg.seed, explain_data, shift_data, kl_prompts, task.answer_ids,
-                    on_eval)
+    train_explainer(model, cfg.explain, cfg.seed, explain_data, shift_data, kl_data, task.answer_ids, on_eval)
     result = {"config": asdict(cfg), "provenance": provenance(), "m0": m0_report,
               "data": {"n_explain_items": len(explain_data), "n_eval_items": len(split.eval_items),
                        "n_shifted_units": len(shifted), "n_shift_cases": len(shift_data),
-                       "n_kl_prompts": len(kl_prompts),
+                       "n_kl_prompts": len(kl_data),
                        "train_changed_fraction": float(train_labels.changed.mean()),
                        "label_noise_flipped": int(round(cfg.label_noise * len(train_labels)))},
               "baseline": curve[0], "final": curve[-1], "curve": curve,

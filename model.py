@@ -74,13 +74,20 @@ class CausalSelfAttention(nn.Module):
         self.qkv = LoRALinear(cfg.n_embd, 3 * cfg.n_embd, cfg.lora_rank, cfg.lora_alpha)
         self.proj = LoRALinear(cfg.n_embd, cfg.n_embd, cfg.lora_rank, cfg.lora_alpha)
 
-    def forward(self, x, rotary):
+    def forward(self, x, rotary, at=None):
+        """at: optional [B, P] positions whose outputs are wanted; keys and values still cover every
+        position, so the result at those positions is exactly that of the full computation."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+        if at is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            q = q.gather(2, at[:, None, :, None].expand(-1, self.n_head, -1, q.shape[-1]))
+            sees = torch.arange(T, device=x.device)[None, None, :] <= at[:, :, None]  # causal, per query
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=sees[:, None])
+        return self.proj(y.transpose(1, 2).reshape(B, -1, C))
 
 
 class MLP(nn.Module):
@@ -101,8 +108,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, rotary):
-        x = x + self.attn(self.ln_1(x), rotary)
+    def forward(self, x, rotary, at=None):
+        """With `at`, only the outputs at those positions are computed: [B, P, n_embd]."""
+        residual = x if at is None else x.gather(1, at[..., None].expand(-1, -1, x.shape[-1]))
+        x = residual + self.attn(self.ln_1(x), rotary, at)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -132,16 +141,20 @@ class GPT(nn.Module):
     def n_params(self):
         return sum(p.numel() for p in self.parameters())
 
-    def hidden(self, idx):
-        """Final hidden states [B, T, n_embd]: everything but the output head."""
+    def hidden(self, idx, at=None):
+        """Final hidden states: [B, T, n_embd], or [B, P, n_embd] at the positions `at` [B, P]. The
+        last block then computes its attention queries, projection and MLP only where an output is
+        read (an answer slot, an explanation token), which saves most of that block's work. On CUDA
+        the blocks run in bfloat16 autocast; everything after them is float32 on every device."""
         T = idx.shape[1]
         if T > self.cfg.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size={self.cfg.block_size}")
         rotary = rotary_table(T, self.cfg.n_embd // self.cfg.n_head, idx.device)
-        x = self.tok_emb(idx)
-        for block in self.blocks:
-            x = block(x, rotary)
-        return self.ln_f(x)
+        with torch.autocast(idx.device.type, dtype=torch.bfloat16, enabled=idx.device.type == "cuda"):
+            x = self.tok_emb(idx)
+            for block in self.blocks[:-1]:
+                x = block(x, rotary)
+            return self.ln_f(self.blocks[-1](x, rotary, at)).float()
 
     def forward(self, idx, targets=None):
         """Logits [B, T, vocab]; with targets (-1 = ignore) also the mean cross-entropy."""
@@ -168,8 +181,7 @@ class GPT(nn.Module):
         """The model's behaviour on a task: log-probabilities over the answer set after each prompt
         of a batch of different lengths, [B, len(answer_ids)]."""
         idx, lengths = self.pad(prompts)
-        h = self.hidden(idx)
-        return self.answer_logprobs_from_hidden(h[torch.arange(len(prompts)), lengths - 1], answer_ids)
+        return self.answer_logprobs_from_hidden(self.hidden(idx, (lengths - 1)[:, None])[:, 0], answer_ids)
 
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens):
@@ -179,7 +191,7 @@ class GPT(nn.Module):
         rows = torch.arange(len(prompts), device=self.device)
         for _ in range(max_new_tokens):
             # Causal attention: positions after lengths-1 (padding, not yet written) cannot affect it.
-            h = self.hidden(idx[:, : int(lengths.max())])[rows, lengths - 1]
+            h = self.hidden(idx[:, : int(lengths.max())], (lengths - 1)[:, None])[:, 0]
             idx[rows, lengths] = self.head(h).argmax(dim=-1)
             lengths = lengths + 1
         return [row[n - max_new_tokens: n].tolist() for row, n in zip(idx.cpu(), lengths.tolist())]

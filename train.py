@@ -46,7 +46,14 @@ def atomic_save(obj, path):
     os.replace(tmp, path)
 
 
+def unwrap(model):
+    """The plain module under a torch.compile wrapper: checkpoints hold the same keys either way, and
+    load into a compiled or a plain model alike."""
+    return getattr(model, "_orig_mod", model)
+
+
 def save_checkpoint(path, model, optimizer, config, step, **extra):
+    model = unwrap(model)
     atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
                  "model_config": asdict(model.cfg), "config": config, "step": step,
                  "tokenizer": tokenizer_fingerprint(), **extra}, path)
@@ -143,47 +150,70 @@ def probe_cases(task, seed, n=2000):
     return with_c, [task.without_feature(c) for c in with_c]
 
 
+def new_model(cfg: PretrainConfig, device):
+    return GPT(GPTConfig(vocab_size=TOKENIZER.n_vocab, block_size=BLOCK_SIZE, n_layer=cfg.n_layer,
+                         n_head=cfg.n_head, n_embd=cfg.n_embd)).to(device)
+
+
+def new_optimizer(model, lr):
+    return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+
+
+def take_step(model, optimizer, loss, lr, grad_clip=None):
+    """One optimizer step at learning rate lr (both stages)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+
+
+def pretrain_loss(model, task, world, cfg: PretrainConfig, step):
+    """The loss on pretraining step `step`'s batch: the teacher's answer after each prompt."""
+    rng = np.random.default_rng([cfg.seed, 2, step])
+    cases = [task.random_case(rng, np.arange(N_UNITS)) for _ in range(cfg.batch_size)]
+    idx, lengths = model.pad([task.encode(c) for c in cases])
+    answers = torch.tensor([task.teacher(world, c) for c in cases], device=model.device)
+    if cfg.lm_rows:  # the next-token loss inside prompts needs every position's output
+        h = model.hidden(idx)
+        answer_h = h[torch.arange(len(cases)), lengths - 1]
+    else:
+        answer_h = model.hidden(idx, (lengths - 1)[:, None])[:, 0]
+    loss = F.nll_loss(model.answer_logprobs_from_hidden(answer_h, task.answer_ids), answers)
+    if cfg.lm_rows:
+        lm_idx, lm_h, lm_len = idx[: cfg.lm_rows], h[: cfg.lm_rows, :-1], lengths[: cfg.lm_rows]
+        inside = torch.arange(lm_idx.shape[1] - 1, device=model.device)[None, :] < (lm_len[:, None] - 1)
+        loss = loss + F.cross_entropy(model.head(lm_h[inside]).float(), lm_idx[:, 1:][inside])
+    return loss
+
+
 def pretrain(cfg: PretrainConfig, path, log=print):
     """Train M0 (or resume it from `path`); returns (model, report dict). Checkpoints atomically."""
     device = setup(cfg.seed, cfg.threads, cfg.device)
     task = get_task(cfg.task)
     world = task.split(cfg.seed).world
-    model = GPT(GPTConfig(vocab_size=TOKENIZER.n_vocab, block_size=BLOCK_SIZE, n_layer=cfg.n_layer,
-                          n_head=cfg.n_head, n_embd=cfg.n_embd)).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    model = new_model(cfg, device)
+    optimizer = new_optimizer(model, cfg.lr)
     start, elapsed = 0, 0.0
     if os.path.exists(path):
         ckpt = load_checkpoint(path, device)
         if ckpt["config"] != asdict(cfg):
             raise ValueError(f"checkpoint {path} was made with another config {ckpt['config']}; delete it "
                              f"or choose another output path")
-        model.load_state_dict(ckpt["model"])
+        unwrap(model).load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start, elapsed = ckpt["step"], ckpt.get("seconds", 0.0)
         if start >= cfg.steps:
             return model, ckpt["report"]
         log(f"resuming {path} at step {start}")
-    answer_ids, t0 = task.answer_ids, time.time()
+    t0 = time.time()
     model.train()
     for step in range(start, cfg.steps):
-        rng = np.random.default_rng([cfg.seed, 2, step])
-        cases = [task.random_case(rng, np.arange(N_UNITS)) for _ in range(cfg.batch_size)]
-        prompts = [task.encode(c) for c in cases]
-        idx, lengths = model.pad(prompts)
-        h = model.hidden(idx)
-        answers = torch.tensor([task.teacher(world, c) for c in cases], device=device)
-        rows = torch.arange(len(cases), device=device)
-        loss = F.nll_loss(model.answer_logprobs_from_hidden(h[rows, lengths - 1], answer_ids), answers)
-        if cfg.lm_rows:  # next-token prediction inside some prompts: M0 also learns their language
-            lm_idx, lm_h, lm_len = idx[: cfg.lm_rows], h[: cfg.lm_rows, :-1], lengths[: cfg.lm_rows]
-            inside = torch.arange(lm_idx.shape[1] - 1, device=device)[None, :] < (lm_len[:, None] - 1)
-            loss = loss + F.cross_entropy(model.head(lm_h[inside]).float(), lm_idx[:, 1:][inside])
+        loss = pretrain_loss(model, task, world, cfg, step)
         check_finite(loss, step, "pretraining")
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        take_step(model, optimizer, loss, lr_at(step, cfg))
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
             save_checkpoint(path, model, optimizer, asdict(cfg), step + 1, seconds=elapsed + time.time() - t0)
             log(f"  step {step + 1}/{cfg.steps} loss {loss.item():.4f}")
@@ -229,25 +259,28 @@ def kl_to_reference(logp, ref_logp):
 
 def explanation_loss(model, sequences):
     """Mean cross-entropy on the target tokens of (prompt ids, target ids) sequences; the prompt is
-    context only. The output head is computed only where a target token is scored."""
+    context only. Outputs are computed only at the positions that predict a target token."""
     idx, _ = model.pad([prompt + target for prompt, target in sequences])
-    targets = torch.full_like(idx, -1)
-    for row, (prompt, target) in enumerate(sequences):  # the logit at t predicts the token at t + 1
-        targets[row, len(prompt) - 1: len(prompt) + len(target) - 1] = torch.tensor(target)
-    scored = targets >= 0
-    return F.cross_entropy(model.head(model.hidden(idx)[scored]).float(), targets[scored])
+    width = max(len(target) for _, target in sequences)
+    at = torch.zeros(len(sequences), width, dtype=torch.long)
+    targets = torch.full((len(sequences), width), -1)
+    for row, (prompt, target) in enumerate(sequences):  # the output at t predicts the token at t + 1
+        at[row] = len(prompt) - 1 + torch.arange(width).clamp(max=len(target) - 1)
+        targets[row, : len(target)] = torch.tensor(target)
+    logits = model.head(model.hidden(idx, at.to(model.device)))
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten().to(model.device), ignore_index=-1)
 
 
-def train_explainer(model, reference, cfg: ExplainConfig, seed, explain_data, shift_data, kl_prompts,
-                    answer_ids, on_eval=None):
+def train_explainer(model, cfg: ExplainConfig, seed, explain_data, shift_data, kl_data, answer_ids,
+                    on_eval=None):
     """Stage B. explain_data: (prompt_ids, target_ids) pairs, loss on the targets only.
     shift_data: (prompt_ids, answer_index) pairs the behaviour should move to (may be empty).
-    kl_prompts: task prompts whose answer distribution is held near the frozen reference model's.
+    kl_data: (prompt_ids, reference log-probs) pairs: task prompts whose answer distribution is held
+    near the frozen reference model's, computed once before training.
     on_eval(step, model) is called at step 0, every eval_every steps and at the end."""
     device = model.device
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    reference.eval()
-    use_kl = cfg.kl_weight > 0 and len(kl_prompts) > 0
+    optimizer = new_optimizer(model, cfg.lr)
+    use_kl = cfg.kl_weight > 0 and len(kl_data) > 0
     for step in range(cfg.steps + 1):
         if on_eval and (step % cfg.eval_every == 0 or step == cfg.steps):
             model.eval()
@@ -258,24 +291,18 @@ def train_explainer(model, reference, cfg: ExplainConfig, seed, explain_data, sh
         rng = np.random.default_rng([seed, 4, step])
         explain = [explain_data[i] for i in rng.integers(len(explain_data), size=cfg.explain_batch)]
         shift = [shift_data[i] for i in rng.integers(len(shift_data), size=cfg.shift_batch)] if shift_data else []
-        kl = [kl_prompts[i] for i in rng.integers(len(kl_prompts), size=cfg.kl_batch)] if use_kl else []
+        kl = [kl_data[i] for i in rng.integers(len(kl_data), size=cfg.kl_batch)] if use_kl else []
         loss = explanation_loss(model, explain)
         if shift or kl:  # task prompts: one padded pass for the shift and KL parts together
-            logp = model.answer_logprobs([p for p, _ in shift] + kl, answer_ids)
+            logp = model.answer_logprobs([p for p, _ in shift + kl], answer_ids)
             if shift:
                 answers = torch.tensor([a for _, a in shift], device=device)
                 loss = loss + F.nll_loss(logp[: len(shift)], answers)
             if kl:
-                with torch.no_grad():
-                    ref_logp = reference.answer_logprobs(kl, answer_ids)
-                loss = loss + cfg.kl_weight * kl_to_reference(logp[len(shift):], ref_logp)
+                reference = torch.stack([r for _, r in kl]).to(device)
+                loss = loss + cfg.kl_weight * kl_to_reference(logp[len(shift):], reference)
         check_finite(loss, step, "explanation training")
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        take_step(model, optimizer, loss, lr_at(step, cfg), cfg.grad_clip)
     model.eval()
     return model
 

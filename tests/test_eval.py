@@ -43,13 +43,17 @@ def test_mean_ci_uses_students_t():
     assert np.isnan(ev.mean_ci([0.5])[1])
 
 
+def tiny_config(seed=1, **kw):
+    return ev.RunConfig(task="refusal", seed=seed, n_explain=40, n_eval=60, n_kl_prompts=64,
+                        pretrain=PretrainConfig(steps=60, batch_size=32, n_embd=16, n_head=2, warmup=5,
+                                                checkpoint_every=20),
+                        explain=ExplainConfig(steps=6, explain_batch=8, shift_batch=8, kl_batch=8, eval_every=3),
+                        **kw)
+
+
 def tiny_run(tmp_path, **kw):
-    cfg = ev.RunConfig(task="refusal", seed=1, n_explain=40, n_eval=60, n_kl_prompts=64,
-                       pretrain=PretrainConfig(steps=60, batch_size=32, n_embd=16, n_head=2, warmup=5),
-                       explain=ExplainConfig(steps=6, explain_batch=8, shift_batch=8, kl_batch=8, eval_every=3),
-                       **kw)
     path = tmp_path / "result.json"
-    ev.run_coupling(cfg, str(path), runs_dir=str(tmp_path / "runs"), log=lambda *a: None)
+    ev.run_coupling(tiny_config(**kw), str(path), runs_dir=str(tmp_path / "runs"), log=lambda *a: None)
     return json.loads(path.read_text())
 
 
@@ -114,3 +118,49 @@ def test_the_same_seed_gives_identical_metrics_in_two_fresh_processes(tmp_path):
         curves.append([{key: v for key, v in point.items() if key != "seconds"}
                        for point in json.loads(out.strip().splitlines()[-1])])
     assert curves[0] == curves[1]
+
+
+def test_an_unwritable_results_folder_is_refused_before_any_work(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match="a_file/out is not writable"):
+        ev.run_coupling(tiny_config(), str(blocker / "out" / "r.json"), runs_dir=str(tmp_path / "runs"))
+    assert not list((tmp_path / "runs").rglob("*.pt"))  # refused before M0 was trained
+
+
+SUITE = ("import sys; sys.path[:0] = [{repo!r}, {tests!r}]; import eval as ev, test_eval; "
+         "ev.run_suite('crash', [test_eval.tiny_config(seed) for seed in (1, 2, 3)])")
+
+
+def test_a_killed_suite_resumes_to_the_same_results_without_redoing_finished_runs(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = SUITE.format(repo=os.path.dirname(here), tests=here)
+
+    def results(folder):
+        found = {}
+        for path in sorted((folder / "results" / "crash").rglob("*.json")):
+            curve = json.loads(path.read_text())["curve"]
+            found[path.name] = [{k: v for k, v in p.items() if k != "seconds"} for p in curve]
+        return found
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    for folder in (whole, killed):
+        folder.mkdir()
+    subprocess.run([sys.executable, "-c", code], cwd=whole, check=True, capture_output=True)
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=killed, stdout=subprocess.DEVNULL)
+    first = killed / "results" / "crash" / "refusal" / "seed1_kl.json"
+    while not first.exists():  # kill it in the middle of the second run's pretraining
+        time.sleep(0.05)
+    while not list((killed / "runs" / "refusal" / "seed2").glob("*.pt")):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = first.stat().st_mtime_ns
+    subprocess.run([sys.executable, "-c", code], cwd=killed, check=True, capture_output=True)
+    assert first.stat().st_mtime_ns == finished  # the finished run was loaded, not run again
+    assert results(killed) == results(whole) and len(results(whole)) == 3

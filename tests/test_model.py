@@ -29,6 +29,14 @@ def test_lora_at_init_equals_the_base_model():
     assert not torch.allclose(base(idx), adapted(idx))
 
 
+def test_outputs_at_chosen_positions_equal_the_full_computation():
+    model = tiny()
+    idx = torch.randint(0, 50, (3, 12))
+    at = torch.tensor([[0, 5], [11, 11], [3, 9]])
+    full = model.hidden(idx)
+    assert torch.allclose(model.hidden(idx, at), full.gather(1, at[..., None].expand(-1, -1, 16)), atol=1e-6)
+
+
 def test_padding_does_not_change_answer_logprobs():
     model = tiny()
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11]]

@@ -57,8 +57,26 @@ def test_missing_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
     torch.save(ckpt, foreign)
     with pytest.raises(ValueError, match="made with tokenizer 0123456789abcdef"):
         load_checkpoint(foreign)
+    before = open(good, "rb").read()
     with pytest.raises(ValueError, match="another config"):
         pretrain(small(steps=5, lr=1e-2), good, log=lambda *a: None)
+    with pytest.raises(ValueError, match="another config"):
+        pretrain(small(steps=5, n_embd=32), good, log=lambda *a: None)
+    assert open(good, "rb").read() == before  # a refused checkpoint is left as it was
+
+
+def test_checkpoints_load_across_compiled_and_plain_models(tmp_path):
+    torch.manual_seed(0)
+    plain, other = (GPT(GPTConfig(vocab_size=50, n_layer=1, n_head=2, n_embd=16)) for _ in range(2))
+    compiled = torch.compile(other)  # compiled lazily: nothing runs until it is called
+    train.save_checkpoint(str(tmp_path / "c.pt"), compiled, None, {}, 0)
+    from_compiled = load_checkpoint(str(tmp_path / "c.pt"))["model"]
+    assert not any(key.startswith("_orig_mod") for key in from_compiled)
+    plain.load_state_dict(from_compiled)
+    train.save_checkpoint(str(tmp_path / "p.pt"), plain, None, {}, 0)
+    train.unwrap(compiled).load_state_dict(load_checkpoint(str(tmp_path / "p.pt"))["model"])
+    for a, b in zip(plain.state_dict().values(), train.unwrap(compiled).state_dict().values()):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("kw, message", [({"task": "maths"}, "task 'maths' is unknown"),

@@ -1,0 +1,132 @@
+"""Speed and memory of the default model on this machine: `make bench` prints a table and writes
+results/bench.json.
+
+Training speed is reported three ways: real (unpadded) tokens per second; the FLOP/s actually executed,
+counted op by op by torch's FlopCounterMode over one step (forward, backward and optimizer); and that
+FLOP/s as a fraction of this machine's matmul peak, timed with a large torch.matmul in the same run.
+Evaluation speed compares the batched counterfactual evaluation (every pair of a split in a few padded
+passes) with the same pairs one item per forward pass.
+"""
+import argparse
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from data import get_task
+from eval import RESULTS, provenance, write_json
+from explain import behaviour, pair_cases
+from train import PretrainConfig, lr_at, new_model, new_optimizer, pretrain_loss, setup, take_step
+
+
+def seconds_per_call(fn, repeats, warmup=3):
+    for _ in range(warmup):
+        fn()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - t0) / repeats
+
+
+def matmul_peak(device, n=2048):
+    """FLOP/s of a large square float32 matmul: what this machine can do at best."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    return 2 * n ** 3 / seconds_per_call(lambda: synchronize(a @ b, device), repeats=10)
+
+
+def synchronize(x, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return x
+
+
+def training_speed(cfg, device, steps):
+    """Pretraining steps of the default model: tokens/s and executed FLOP/s."""
+    task = get_task(cfg.task)
+    world = task.split(cfg.seed).world
+    model, step = new_model(cfg, device), iter(range(10 ** 9))
+    optimizer = new_optimizer(model, cfg.lr)
+
+    def one_step():
+        n = next(step)
+        take_step(model, optimizer, pretrain_loss(model, task, world, cfg, n), lr_at(n, cfg))
+        synchronize(None, device)
+
+    with FlopCounterMode(display=False) as counter:
+        one_step()
+    flops_per_step = counter.get_total_flops()
+    seconds = seconds_per_call(one_step, repeats=steps)
+    rng = np.random.default_rng(0)  # the mean unpadded prompt length of a batch
+    tokens = np.mean([len(task.encode(task.random_case(rng, np.arange(600)))) for _ in range(2000)])
+    return {"seconds_per_step": seconds, "tokens_per_second": cfg.batch_size * tokens / seconds,
+            "flop_per_step": flops_per_step, "flop_per_second": flops_per_step / seconds}
+
+
+def evaluation_speed(cfg, device, n_items):
+    """Counterfactual pairs per second: batched against one item per forward pass."""
+    task = get_task(cfg.task)
+    split = task.split(cfg.seed, n_eval=n_items)
+    model = new_model(cfg, device).eval()
+    items = split.eval_items
+    batched = seconds_per_call(lambda: behaviour(model, task, items), repeats=3, warmup=1)
+
+    @torch.no_grad()
+    def one_at_a_time():
+        for case in pair_cases(task, items):
+            model.answer_logprobs([task.encode(case)], task.answer_ids)
+        synchronize(None, device)
+
+    looped = seconds_per_call(one_at_a_time, repeats=1, warmup=0)
+    return {"pairs": len(items), "batched_pairs_per_second": len(items) / batched,
+            "looped_pairs_per_second": len(items) / looped, "batched_speedup": looped / batched}
+
+
+def peak_memory_mb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 10  # Linux reports KiB
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Benchmark speed and memory of the default model.")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--steps", type=int, default=50, help="timed training steps")
+    parser.add_argument("--items", type=int, default=900, help="counterfactual pairs to evaluate")
+    args = parser.parse_args(argv)
+    try:
+        cfg = PretrainConfig(device=args.device)
+        device = setup(cfg.seed, cfg.threads, cfg.device)
+        if args.steps <= 0 or args.items <= 0:
+            raise ValueError(f"--steps={args.steps} and --items={args.items} must be positive integers")
+    except ValueError as err:
+        parser.exit(2, f"error: {err}\n")
+    peak = matmul_peak(device)
+    train = training_speed(cfg, device, args.steps)
+    evaluation = evaluation_speed(cfg, device, args.items)
+    result = {"device": str(device), "threads": cfg.threads, "matmul_peak_flop_per_second": peak,
+              "training": {**train, "fraction_of_matmul_peak": train["flop_per_second"] / peak},
+              "evaluation": evaluation, "peak_memory_mb": peak_memory_mb(device),
+              "config": vars(args), "provenance": provenance()}
+    rows = [("device", f"{device} ({cfg.threads} threads)"),
+            ("matmul peak", f"{peak / 1e9:.1f} GFLOP/s"),
+            ("training", f"{train['tokens_per_second'] / 1e3:.1f}k tokens/s, "
+                         f"{train['seconds_per_step'] * 1e3:.1f} ms/step of {cfg.batch_size} prompts"),
+            ("training FLOP/s", f"{train['flop_per_second'] / 1e9:.1f} GFLOP/s = "
+                                f"{result['training']['fraction_of_matmul_peak']:.0%} of the matmul peak"),
+            ("evaluation, batched", f"{evaluation['batched_pairs_per_second']:.0f} pairs/s"),
+            ("evaluation, one by one", f"{evaluation['looped_pairs_per_second']:.0f} pairs/s"),
+            ("batched speed-up", f"{evaluation['batched_speedup']:.0f}x"),
+            ("peak memory", f"{result['peak_memory_mb']:.0f} MB")]
+    for name, value in rows:
+        print(f"{name:24s} {value}")
+    path = os.path.join(RESULTS, "bench.json")
+    write_json(result, path)
+    print(f"-> {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
