@@ -13,10 +13,12 @@ Coupling is Self > Orig. The two differ only on flipped items (E(M0) != E(M_t)).
     python eval.py report                            figures and REPORT.md from saved results
 """
 import argparse
+import concurrent.futures
 import copy
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import platform
 import subprocess
@@ -32,6 +34,7 @@ import torch
 from data import N_UNITS, TASKS, check_fraction, check_positive, get_task
 from explain import (Labels, add_label_noise, behaviour, explain, explanation_data, labels_from_behaviour,
                      pair_cases, split_pairs)
+from model import pick_device
 from train import (ExplainConfig, PretrainConfig, behaviour_accuracy, case_logprobs, kl_to_reference, pretrain,
                    train_explainer)
 
@@ -289,17 +292,93 @@ def main_configs(tasks=MAIN_TASKS, seeds=MAIN_SEEDS, device="auto"):
     return configs
 
 
-def run_suite(experiment, configs):
-    """Run (or load) every config with a progress bar; returns the results."""
+@dataclass(frozen=True)
+class Sweep:
+    """One knob varied over values, everything else as in the main result's KL runs."""
+    knob: str  # a RunConfig field, or explain.FIELD for the explanation stage's
+    values: tuple
+    label: str
+    question: str
+    paper: str
+
+
+SWEEPS = {
+    "label_noise": Sweep("label_noise", (0.0, 0.1, 0.2, 0.3, 0.4), "fraction of training labels flipped",
+                         "Does coupling survive wrong training labels?",
+                         "robust: Self > Orig at every noise level tried"),
+    "learning_rate": Sweep("explain.lr", (1e-3, 2e-3, 3e-3, 5e-3), "explanation-stage peak learning rate",
+                           "How does the gap depend on the explanation stage's learning rate?",
+                           "a higher learning rate gives a wider gap"),
+    "agreement": Sweep("shift_size", (0.05, 0.1, 0.2, 0.3, 0.4), "fraction of held-out units shifted",
+                       "How far can the behaviour move from the frozen labels before coupling stops?",
+                       "coupling holds down to about 70% label-behaviour agreement"),
+}
+
+
+def knob_value(config, knob):
+    """The value of a sweep's knob in a config dict (as saved in a result)."""
+    section, _, name = knob.rpartition(".")
+    return (config[section] if section else config)[name]
+
+
+def sweep_configs(name, tasks=("hint",), seeds=MAIN_SEEDS, device="auto"):
+    sweep = SWEEPS[name]
+    section, _, knob = sweep.knob.rpartition(".")
+    configs = []
+    for seed in seeds:
+        for task in tasks:
+            for value in sweep.values:
+                explain = ExplainConfig(**{knob: value} if section == "explain" else {})
+                run = {} if section else {knob: value}
+                configs.append(RunConfig(task=task, seed=seed, pretrain=PretrainConfig(device=device),
+                                         explain=explain, **run))
+    return configs
+
+
+def run_group(runs):
+    """The (config, path) runs of one task and seed, in order, so that they share one M0."""
+    return [run_or_load(cfg, path, log=lambda *a: None) for cfg, path in runs]
+
+
+def default_jobs(device):
+    """Parallel runs: one per CPU core on CPU (each run uses one thread), one on a GPU or MPS."""
+    if pick_device(device).type != "cpu":
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def run_suite(experiment, configs, tagged=False, jobs=1):
+    """Run (or load) every config, `jobs` at a time, with a progress bar; returns the results in the
+    order of configs. Each run is deterministic on its own, so the results do not depend on jobs.
+    tagged: configs of one seed differ in more than the KL term, so file names carry a config hash."""
     from tqdm import tqdm
-    results, t0 = [], time.time()
-    bar = tqdm(configs, desc=experiment, unit="run", file=sys.stdout)
-    for cfg in bar:
-        bar.set_postfix_str(f"{cfg.task} {cfg.name}")
-        results.append(run_or_load(cfg, result_path(experiment, cfg), log=bar.write))
+    check_positive("jobs", jobs)
+    t0, results = time.time(), {}
+    groups = {}
+    for cfg in configs:
+        groups.setdefault((cfg.task, cfg.seed), []).append((cfg, result_path(experiment, cfg, tagged)))
+    bar = tqdm(total=len(configs), desc=experiment, unit="run", file=sys.stdout)
+
+    def finished(runs, outcome):
+        for (cfg, path), result in zip(runs, outcome):
+            f = result["final"]
+            bar.write(f"  {cfg.task} {cfg.name}: Self {f['self']:.3f} Orig {f['orig']:.3f} gap {f['gap']:+.3f} "
+                      f"flipped {f['n_flipped']} agreement {f['agreement']:.2f} ({result['seconds']:.0f} s)")
+            results[path] = result
+            bar.update()
+
+    if jobs == 1:
+        for runs in groups.values():
+            finished(runs, run_group(runs))
+    else:
+        spawn = multiprocessing.get_context("spawn")  # a clean process per worker, same on every OS
+        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=spawn) as pool:
+            futures = {pool.submit(run_group, runs): runs for runs in groups.values()}
+            for future in concurrent.futures.as_completed(futures):
+                finished(futures[future], future.result())
     bar.close()
     print(f"{experiment}: {len(results)} runs in {time.time() - t0:.0f} s")
-    return results
+    return [results[result_path(experiment, cfg, tagged)] for cfg in configs]
 
 
 def load_results(experiment):
@@ -396,6 +475,81 @@ def plot_gaps(groups, path):
     _save_figure(fig, path)
 
 
+def by_value(name, results):
+    """{task: {knob value: [results sorted by seed]}} for a sweep's results."""
+    table = {}
+    for r in sorted(results, key=lambda r: r["config"]["seed"]):
+        value = knob_value(r["config"], SWEEPS[name].knob)
+        table.setdefault(r["config"]["task"], {}).setdefault(value, []).append(r)
+    return {task: dict(sorted(values.items())) for task, values in sorted(table.items())}
+
+
+def plot_sweep(name, results, path):
+    """Per task: the final gap and Self/Orig on flipped items against the knob (mean, 95% interval, every
+    seed as a dot), and every run's gap against its label-behaviour agreement."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    sweep, table = SWEEPS[name], by_value(name, results)
+    fig, axes = plt.subplots(len(table), 3, figsize=(12, 3.3 * len(table)), squeeze=False)
+    for row, (task, values) in zip(axes, table.items()):
+        xs = list(values)
+        for ax, metrics in ((row[0], (("gap", "tab:green"),)),
+                            (row[1], (("self_flipped", "tab:blue"), ("orig_flipped", "tab:orange")))):
+            for metric, color in metrics:
+                finals = [[r["final"][metric] for r in runs] for runs in values.values()]
+                means, halves = zip(*(mean_ci(v) for v in finals))
+                ax.errorbar(xs, means, yerr=np.nan_to_num(halves), color=color, capsize=3, marker="o",
+                            label=metric.replace("_", "@"))
+                for x, v in zip(xs, finals):
+                    ax.scatter([x] * len(v), v, color=color, s=8, alpha=0.5)
+            ax.axhline(0 if metrics[0][0] == "gap" else 0.5, color="black", lw=0.8, ls=":")
+            ax.set_xlabel(sweep.label)
+            ax.grid(alpha=0.3)
+        row[0].set_ylabel(f"{task}: Self - Orig (final)")
+        row[1].set_ylabel("accuracy on flipped items")
+        row[1].legend(fontsize=7)
+        runs = [r for v in values.values() for r in v]
+        row[2].scatter([r["final"]["agreement"] for r in runs], [r["final"]["gap"] for r in runs], s=14,
+                       c=[xs.index(knob_value(r["config"], sweep.knob)) for r in runs], cmap="viridis")
+        row[2].axhline(0, color="black", lw=0.8, ls=":")
+        row[2].set_xlabel("agreement of frozen labels with current behaviour")
+        row[2].set_ylabel("Self - Orig (final)")
+        row[2].grid(alpha=0.3)
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def sweep_table(name, results):
+    sweep = SWEEPS[name]
+    rows = [f"| task | {sweep.label} | seeds | agreement | flipped items | Self | Orig | Self - Orig | "
+            "Self@flipped | Orig@flipped | malformed |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for task, values in by_value(name, results).items():
+        for value, runs in values.items():
+            col = lambda key, **kw: _fmt([r["final"][key] for r in runs], **kw)
+            rows.append(f"| {task} | {value:g} | {len(runs)} | {col('agreement', digits=2)} | "
+                        f"{col('n_flipped', digits=0)} | {col('self')} | {col('orig')} | "
+                        f"**{col('gap', signed=True)}** | {col('self_flipped', digits=2)} | "
+                        f"{col('orig_flipped', digits=2)} | {col('malformed', digits=3)} |")
+    return "\n".join(rows)
+
+
+def sweep_section(name, results, report_dir):
+    sweep = SWEEPS[name]
+    figure = os.path.join(FIGURES, f"{name}.png")
+    plot_sweep(name, results, figure)
+    return f"""
+## Sweep: {name.replace("_", " ")}
+
+{sweep.question} Varied: {sweep.label} (`{sweep.knob}`); everything else as in the main result's KL runs.
+Command: `python eval.py sweep {name}`. The paper: {sweep.paper}.
+
+{sweep_table(name, results)}
+
+![{name}]({os.path.relpath(figure, report_dir)})
+"""
+
+
 def _save_figure(fig, path):
     import matplotlib.pyplot as plt
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -448,13 +602,20 @@ def write_report(experiment="main", path="REPORT.md", results=None):
     curves, gaps = (os.path.join(FIGURES, f"{experiment}_{kind}.png") for kind in ("curves", "gap"))
     plot_curves(groups, curves)
     plot_gaps(groups, gaps)
-    curves, gaps = (os.path.relpath(p, os.path.dirname(os.path.abspath(path))) for p in (curves, gaps))
+    report_dir = os.path.dirname(os.path.abspath(path))
+    curves, gaps = (os.path.relpath(p, report_dir) for p in (curves, gaps))
+    sweeps, every = "", list(results)
+    for name in SWEEPS if experiment == "main" else ():  # the main report also gathers every sweep's runs
+        if load_results(name):
+            sweeps += sweep_section(name, load_results(name), report_dir)
+            every += load_results(name)
     prov = results[0]["provenance"]
-    commits = sorted({r["provenance"]["git_commit"][:10] for r in results})
+    commits = sorted({r["provenance"]["git_commit"][:10] for r in every})
     cfg = results[0]["config"]
     text = f"""# Introspective coupling: results
 
-Generated by `python eval.py report` from the {len(results)} result files under `{RESULTS}/{experiment}/`.
+Generated by `python eval.py report` from the {len(results)} result files under `{RESULTS}/{experiment}/`
+(and, below, those of each sweep under `{RESULTS}/SWEEP/`).
 Every number is the final evaluation (the last step), decided before looking; ± is the 95% t-interval
 over seeds. Self and Orig are exact-match accuracies (verdict and counterfactual answer) of the model's
 generated explanations on {cfg['n_eval']} held-out counterfactual pairs, against labels from its current
@@ -475,6 +636,7 @@ unchanged": the reverse. "Untrained Self": M0's own explanations before explanat
 
 {seed_table(groups)}
 
+{sweeps}
 ## Provenance
 
 Commits: {', '.join(commits)}; Python {prov['python']}, torch {prov['torch']}, numpy {prov['numpy']},
@@ -512,6 +674,23 @@ def config_from_args(args):
     return RunConfig(**run, pretrain=PretrainConfig(**pre), explain=ExplainConfig(**exp))
 
 
+def parse_list(text, name, kind):
+    """"a,b,c" -> [a, b, c], with a one-line error naming the bad value."""
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--{name}={text!r} must be a comma-separated list of {kind.__name__} values") from None
+    if not values:
+        raise ValueError(f"--{name} is empty; give at least one value")
+    for task in values if name == "tasks" else ():
+        get_task(task)
+    return values
+
+
+def jobs(args):
+    return args.jobs or default_jobs(args.device)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(description="Introspective coupling experiments.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -522,10 +701,16 @@ def build_parser():
     _add_config_flags(run, PretrainConfig, prefix="pretrain-", skip=("task", "seed"))
     run.add_argument("--no-kl", action="store_true", help="explanation training without the KL term")
     run.add_argument("--out", default=None, help="results JSON (default results/runs/TASK/NAME.json)")
-    for name, help_text in (("quick", "one task, one seed, with and without KL, then a report"),
-                            ("reproduce", "the main result: 3 tasks x 3 seeds x (KL, no KL), then the report")):
-        p = sub.add_parser(name, help=help_text)
+    quick = sub.add_parser("quick", help="one task, one seed, with and without KL, then a report")
+    reproduce = sub.add_parser("reproduce", help="the main result: 3 tasks x 3 seeds x (KL, no KL), then the report")
+    sweep = sub.add_parser("sweep", help="one knob varied over several seeds: " + ", ".join(SWEEPS))
+    sweep.add_argument("name", help=f"one of: {', '.join(SWEEPS)}")
+    sweep.add_argument("--tasks", default="hint", help=f"comma-separated, from: {', '.join(TASKS)}")
+    sweep.add_argument("--seeds", default="0,1,2", help="comma-separated integers")
+    everything = sub.add_parser("reproduce-all", help="the main result, then every sweep, then the report")
+    for p in (quick, reproduce, sweep, everything):
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+        p.add_argument("--jobs", type=int, default=0, help="runs in parallel (default: one per CPU core, 1 on a GPU)")
     report = sub.add_parser("report", help="figures and REPORT.md from saved results")
     report.add_argument("--experiment", default="main",
                         help="a folder under results/ (main writes ./REPORT.md, others results/NAME/REPORT.md)")
@@ -544,10 +729,22 @@ def main(argv=None):
             print(f"final: Self {f['self']:.3f}, Orig {f['orig']:.3f}, gap {f['gap']:+.3f}, {f['n_flipped']} flipped "
                   f"(Self@flipped {f['self_flipped']:.2f}) -> {out}")
         elif args.command == "quick":
-            results = run_suite("quick", main_configs(tasks=("hint",), seeds=(0,), device=args.device))
+            results = run_suite("quick", main_configs(tasks=("hint",), seeds=(0,), device=args.device),
+                                jobs=jobs(args))
             write_report("quick", "results/quick/REPORT.md", results)
         elif args.command == "reproduce":
-            write_report("main", results=run_suite("main", main_configs(device=args.device)))
+            write_report("main", results=run_suite("main", main_configs(device=args.device), jobs=jobs(args)))
+        elif args.command == "sweep":
+            if args.name not in SWEEPS:
+                raise ValueError(f"sweep {args.name!r} is unknown; allowed: {', '.join(SWEEPS)}")
+            tasks, seeds = parse_list(args.tasks, "tasks", str), parse_list(args.seeds, "seeds", int)
+            run_suite(args.name, sweep_configs(args.name, tasks, seeds, args.device), True, jobs(args))
+            write_report("main")
+        elif args.command == "reproduce-all":
+            run_suite("main", main_configs(device=args.device), jobs=jobs(args))
+            for name in SWEEPS:
+                run_suite(name, sweep_configs(name, device=args.device), True, jobs(args))
+            write_report("main")
         elif args.command == "report":
             name = args.experiment
             write_report(name, "REPORT.md" if name == "main" else os.path.join(RESULTS, name, "REPORT.md"))

@@ -8,6 +8,7 @@ at a prompt's last real position are the same whatever else is in the batch.
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -63,8 +64,8 @@ def apply_rotary(x, rotary):
     """Rotate pairs of channels by position. Attention then depends on relative positions only, so an
     explanation written at positions longer than any task prompt needs no new position parameters."""
     cos, sin = rotary
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2).type_as(x)
+    x1, x2 = x.chunk(2, dim=-1)  # channel i is paired with channel i + head_dim / 2
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
 class CausalSelfAttention(nn.Module):
@@ -171,11 +172,11 @@ class GPT(nn.Module):
 
     def pad(self, sequences):
         """Right-pad lists of token ids into one tensor; returns (idx [B, T], lengths [B])."""
-        lengths = torch.tensor([len(s) for s in sequences], device=self.device)
-        idx = torch.zeros(len(sequences), int(lengths.max()), dtype=torch.long)
+        lengths = np.array([len(s) for s in sequences])
+        idx = np.zeros((len(sequences), lengths.max()), dtype=np.int64)
         for row, seq in enumerate(sequences):
-            idx[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        return idx.to(self.device), lengths
+            idx[row, : len(seq)] = seq
+        return torch.from_numpy(idx).to(self.device), torch.from_numpy(lengths).to(self.device)
 
     def answer_logprobs(self, prompts, answer_ids):
         """The model's behaviour on a task: log-probabilities over the answer set after each prompt

@@ -164,3 +164,16 @@ def test_a_killed_suite_resumes_to_the_same_results_without_redoing_finished_run
     subprocess.run([sys.executable, "-c", code], cwd=killed, check=True, capture_output=True)
     assert first.stat().st_mtime_ns == finished  # the finished run was loaded, not run again
     assert results(killed) == results(whole) and len(results(whole)) == 3
+
+
+def test_parallel_runs_give_the_same_results_as_one_at_a_time(tmp_path, monkeypatch):
+    configs = [tiny_config(seed) for seed in (1, 2, 3)]
+    curves = []
+    for jobs in (1, 2):
+        (tmp_path / str(jobs)).mkdir()
+        monkeypatch.chdir(tmp_path / str(jobs))  # results/ and runs/ of their own
+        results = ev.run_suite("parallel", configs, jobs=jobs)
+        assert [r["config"]["seed"] for r in results] == [1, 2, 3]  # in the order asked
+        curves.append(ev._nan_to_none([[{k: v for k, v in p.items() if k != "seconds"} for p in r["curve"]]
+                                       for r in results]))
+    assert curves[0] == curves[1]
