@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEVICE ?= auto
 
-.PHONY: test reproduce quick report bench clean
+.PHONY: test reproduce reproduce-all quick report bench clean
 
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,9 @@ test: $(VENV)/installed
 
 reproduce: $(VENV)/installed
 	$(PY) eval.py reproduce --device $(DEVICE)
+
+reproduce-all: $(VENV)/installed
+	$(PY) eval.py reproduce-all --device $(DEVICE)
 
 quick: $(VENV)/installed
 	$(PY) eval.py quick --device $(DEVICE)

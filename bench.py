@@ -96,9 +96,11 @@ def main(argv=None):
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--steps", type=int, default=50, help="timed training steps")
     parser.add_argument("--items", type=int, default=900, help="counterfactual pairs to evaluate")
+    parser.add_argument("--threads", type=int, default=PretrainConfig.threads,
+                        help="CPU threads (default: a run's own, 1; a suite runs one run per core)")
     args = parser.parse_args(argv)
     try:
-        cfg = PretrainConfig(device=args.device)
+        cfg = PretrainConfig(device=args.device, threads=args.threads)
         device = setup(cfg.seed, cfg.threads, cfg.device)
         if args.steps <= 0 or args.items <= 0:
             raise ValueError(f"--steps={args.steps} and --items={args.items} must be positive integers")

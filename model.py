@@ -81,11 +81,12 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
+        k = apply_rotary(k, rotary)
         if at is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
+            y = F.scaled_dot_product_attention(apply_rotary(q, rotary), k, v, is_causal=True)
+        else:  # queries only at `at`, rotated by their own positions
             q = q.gather(2, at[:, None, :, None].expand(-1, self.n_head, -1, q.shape[-1]))
+            q = apply_rotary(q, tuple(table[at][:, None] for table in rotary))
             sees = torch.arange(T, device=x.device)[None, None, :] <= at[:, :, None]  # causal, per query
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=sees[:, None])
         return self.proj(y.transpose(1, 2).reshape(B, -1, C))
