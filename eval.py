@@ -14,7 +14,6 @@ Coupling is Self > Orig. The two differ only on flipped items (E(M0) != E(M_t)).
 """
 import argparse
 import concurrent.futures
-import copy
 import hashlib
 import json
 import math
@@ -31,12 +30,12 @@ import numpy as np
 import tiktoken
 import torch
 
-from data import N_UNITS, TASKS, check_fraction, check_positive, get_task
+from data import N_UNITS, TASKS, TriggerTask, check_fraction, check_positive, get_task
 from explain import (Labels, add_label_noise, behaviour, explain, explanation_data, labels_from_behaviour,
                      pair_cases, split_pairs)
 from model import pick_device
-from train import (ExplainConfig, PretrainConfig, behaviour_accuracy, case_logprobs, kl_to_reference, pretrain,
-                   train_explainer)
+from train import (ExplainConfig, PretrainConfig, behaviour_accuracy, case_logprobs, explainer_from,
+                   kl_to_reference, pretrain, train_explainer)
 
 RESULTS = "results"
 RUNS = "runs"
@@ -123,8 +122,8 @@ class RunConfig:
             self.shift = DEFAULT_SHIFT[self.task][0]
         if self.shift_size < 0:
             self.shift_size = DEFAULT_SHIFT[self.task][1]
-        if self.shift != "none" and self.shift not in task.shift_directions:
-            raise ValueError(f"shift={self.shift!r} is unknown for task {self.task}; allowed: none, "
+        if self.shift not in ("none", "trigger") and self.shift not in task.shift_directions:
+            raise ValueError(f"shift={self.shift!r} is unknown for task {self.task}; allowed: none, trigger, "
                              f"{', '.join(task.shift_directions)}")
         check_fraction("shift_size", self.shift_size)
         check_fraction("label_noise", self.label_noise)
@@ -186,13 +185,17 @@ def check_writable(folder):
                          f"its permissions") from None
 
 
+def m0_path(cfg: RunConfig, runs_dir=RUNS):
+    return os.path.join(runs_dir, cfg.task, f"seed{cfg.seed}", "m0.pt")
+
+
 def run_coupling(cfg: RunConfig, out_path=None, runs_dir=RUNS, log=print):
     """One coupling run; returns the result dict (also written to out_path if given)."""
     task, t0 = get_task(cfg.task), time.time()
-    m0_path = os.path.join(runs_dir, cfg.task, f"seed{cfg.seed}", "m0.pt")
-    for folder in [os.path.dirname(m0_path)] + ([os.path.dirname(out_path) or "."] if out_path else []):
+    m0_file = m0_path(cfg, runs_dir)
+    for folder in [os.path.dirname(m0_file)] + ([os.path.dirname(out_path) or "."] if out_path else []):
         check_writable(folder)
-    m0, m0_report = pretrain(cfg.pretrain, m0_path, log=log)
+    m0, m0_report = pretrain(cfg.pretrain, m0_file, log=log)
     split = task.split(cfg.seed, cfg.n_explain, cfg.n_eval)
     # One generator per purpose, so that e.g. adding label noise leaves the shift and KL prompts unchanged.
     noise_rng, shift_rng, shift_case_rng, kl_rng = (np.random.default_rng([cfg.seed, 5, k]) for k in range(4))
@@ -202,17 +205,23 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=RUNS, log=print):
     train_labels = labels_from_behaviour(with_c, without_c)
     if cfg.label_noise:
         train_labels, _ = add_label_noise(task, train_labels, with_c, cfg.label_noise, noise_rng)
-    m0_logp = case_logprobs(m0, task, pair_cases(task, split.eval_items))
+    # What the explanations are asked about on held-out items: the task's own feature C or, with the shift
+    # "trigger", a nonsense word that only the concurrent shift teaches and no explanation label mentions.
+    probed = TriggerTask(task) if cfg.shift == "trigger" else task
+    eval_items = [item + (0,) for item in split.eval_items] if cfg.shift == "trigger" else split.eval_items
+    m0_logp = case_logprobs(m0, probed, pair_cases(probed, eval_items))
     orig_labels = labels_from_behaviour(*split_pairs(m0_logp.argmax(-1).numpy()))
 
-    # The concurrent shift: a new world for some held-out units, trained only on cases that change.
-    world = split.world
-    if cfg.shift != "none" and cfg.shift_size > 0:
+    # The concurrent shift: a new world for some held-out units, or the trigger word on held-out units,
+    # trained only on cases whose answer changes.
+    world, shifted, shift_cases = split.world, np.array([], dtype=int), []
+    if cfg.shift == "trigger":
+        cases = {probed.random_item(shift_case_rng, world, split.heldout_units) for _ in range(20000)}
+        shift_cases = sorted(c for c in cases if probed.teacher(world, c) != task.teacher(world, c[:-1]))
+    elif cfg.shift != "none" and cfg.shift_size > 0:
         world, shifted = task.shift(split.world, shift_rng, split.heldout_units, cfg.shift_size, cfg.shift)
         shift_cases = task.changed_cases(shift_case_rng, split.world, world)
-    else:
-        shifted, shift_cases = np.array([], dtype=int), []
-    shift_data = [(task.encode(c), task.teacher(world, c)) for c in shift_cases]
+    shift_data = [(probed.encode(c), probed.teacher(world, c)) for c in shift_cases]
 
     # KL prompts: cases on units that do not shift, plus the explanation items with and without C.
     unshifted = np.setdiff1d(np.arange(N_UNITS), shifted)
@@ -221,28 +230,29 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=RUNS, log=print):
     kl_data = list(zip([task.encode(c) for c in kl_cases], case_logprobs(m0, task, kl_cases)))
 
     explain_data = explanation_data(task, split.explain_items, train_labels)
-    eval_targets = np.array([task.teacher(world, c) for c in pair_cases(task, split.eval_items)])
+    eval_targets = np.array([probed.teacher(world, c) for c in pair_cases(probed, eval_items)])
     shift_probe = shift_cases[:: max(1, len(shift_cases) // 2000)]
     curve = []
 
     def on_eval(step, model):
-        logp = case_logprobs(model, task, pair_cases(task, split.eval_items))
+        logp = case_logprobs(model, probed, pair_cases(probed, eval_items))
         current = labels_from_behaviour(*split_pairs(logp.argmax(-1).numpy()))
-        metrics = coupling_metrics(explain(model, task, split.eval_items), current, orig_labels)
+        metrics = coupling_metrics(explain(model, probed, eval_items), current, orig_labels)
         metrics.update(step=step, seconds=round(time.time() - t0, 2),
                        task_accuracy=_mean(logp.argmax(-1).numpy() == eval_targets),
                        kl_to_m0=float(kl_to_reference(logp, m0_logp)),
-                       shift_learned=behaviour_accuracy(model, task, world, shift_probe))
+                       shift_learned=behaviour_accuracy(model, probed, world, shift_probe))
         curve.append(metrics)
         log(f"  {cfg.task} {cfg.name} step {step:4d}: Self {metrics['self']:.3f} Orig {metrics['orig']:.3f} "
             f"gap {metrics['gap']:+.3f} flipped {metrics['n_flipped']:3d} (Self@flipped "
             f"{metrics['self_flipped']:.2f}) agreement {metrics['agreement']:.2f} "
             f"malformed {metrics['malformed']:.2f}")
 
-    model = copy.deepcopy(m0)
+    model = explainer_from(m0, cfg.explain.lora_rank)
     train_explainer(model, cfg.explain, cfg.seed, explain_data, shift_data, kl_data, task.answer_ids, on_eval)
     result = {"config": asdict(cfg), "provenance": provenance(), "m0": m0_report,
-              "data": {"n_explain_items": len(explain_data), "n_eval_items": len(split.eval_items),
+              "n_trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+              "data": {"n_explain_items": len(explain_data), "n_eval_items": len(eval_items),
                        "n_shifted_units": len(shifted), "n_shift_cases": len(shift_data),
                        "n_kl_prompts": len(kl_data),
                        "train_changed_fraction": float(train_labels.changed.mean()),
@@ -267,18 +277,25 @@ def result_path(experiment, cfg, tagged=False):
     return os.path.join(RESULTS, experiment, cfg.task, f"{cfg.name}{tag}.json")
 
 
+def saved_result(cfg, path):
+    """The result at path if it is whole and was made with this very config, else None."""
+    try:
+        with open(path) as f:
+            result = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+    return result if result.get("config") == json.loads(json.dumps(asdict(cfg))) else None
+
+
 def run_or_load(cfg, path, log=print):
-    """Run unless a finished result with the same config is already on disk (so a killed suite
-    resumes where it stopped)."""
-    if os.path.exists(path):
-        try:
-            with open(path) as f:
-                result = json.load(f)
-            if result.get("config") == json.loads(json.dumps(asdict(cfg))):
-                return result
-        except json.JSONDecodeError:
-            pass
-        log(f"  {path} holds another config or is damaged: running it again")
+    """Run unless a finished result with the same config is already on disk, at path (so a killed suite
+    resumes where it stopped) or among the main result's runs (a sweep's default value is one of them)."""
+    for found in (path, result_path("main", cfg)):
+        result = saved_result(cfg, found)
+        if result is not None:
+            if found != path:
+                write_json(result, path)
+            return result
     return run_coupling(cfg, path, log=log)
 
 
@@ -300,6 +317,7 @@ class Sweep:
     label: str
     question: str
     paper: str
+    tasks: tuple = ("hint",)  # the default; --tasks runs others
 
 
 SWEEPS = {
@@ -309,10 +327,28 @@ SWEEPS = {
     "learning_rate": Sweep("explain.lr", (1e-3, 2e-3, 3e-3, 5e-3), "explanation-stage peak learning rate",
                            "How does the gap depend on the explanation stage's learning rate?",
                            "a higher learning rate gives a wider gap"),
-    "agreement": Sweep("shift_size", (0.05, 0.1, 0.2, 0.3, 0.4), "fraction of held-out units shifted",
-                       "How far can the behaviour move from the frozen labels before coupling stops?",
-                       "coupling holds down to about 70% label-behaviour agreement"),
+    "agreement": Sweep("shift_size", (0.1, 0.2, 0.3, 0.45, 0.6), "fraction of held-out deeds flipped",
+                       "How far can the behaviour move from the frozen labels before coupling stops? Judgement, "
+                       "whose shift can reach every held-out deed (hint's and refusal's reach at most 35-40% "
+                       "of held-out units).",
+                       "coupling holds down to about 70% label-behaviour agreement", ("judgement",)),
+    "trigger": Sweep("shift", ("trigger",), "concurrent shift",
+                     "A new behaviour taught only by behaviour fine-tuning during explanation training: the "
+                     "nonsense word \"blorp\" makes the answer the task's last one, on held-out units. No "
+                     "explanation label mentions it; asked \"if the blorp were removed ?\", do the "
+                     "explanations describe it (Self) or M0, which ignores the word (Orig)?",
+                     "explanations of the new behaviour were 79.8% accurate against an untrained baseline"),
+    "capacity": Sweep("explain.lora_rank", (1, 2, 4, 16, 0), "LoRA rank of the explanation stage (0: full)",
+                      "Does coupling need the capacity of full fine-tuning? Ranks 1-16: M0's weights frozen, "
+                      "only the adapters train.",
+                      "coupling appears only above a rank threshold"),
 }
+
+
+def value_label(knob, value):
+    if isinstance(value, str):
+        return value
+    return "full" if knob.endswith("lora_rank") and value == 0 else f"{value:g}"
 
 
 def knob_value(config, knob):
@@ -321,8 +357,9 @@ def knob_value(config, knob):
     return (config[section] if section else config)[name]
 
 
-def sweep_configs(name, tasks=("hint",), seeds=MAIN_SEEDS, device="auto"):
+def sweep_configs(name, tasks=None, seeds=MAIN_SEEDS, device="auto"):
     sweep = SWEEPS[name]
+    tasks = tasks or sweep.tasks
     section, _, knob = sweep.knob.rpartition(".")
     configs = []
     for seed in seeds:
@@ -336,7 +373,8 @@ def sweep_configs(name, tasks=("hint",), seeds=MAIN_SEEDS, device="auto"):
 
 
 def run_group(runs):
-    """The (config, path) runs of one task and seed, in order, so that they share one M0."""
+    """(config, path) runs in order; runs of one task and seed whose M0 is not trained yet come as one
+    group, so that the first trains it and the others load it."""
     return [run_or_load(cfg, path, log=lambda *a: None) for cfg, path in runs]
 
 
@@ -354,9 +392,11 @@ def run_suite(experiment, configs, tagged=False, jobs=1):
     from tqdm import tqdm
     check_positive("jobs", jobs)
     t0, results = time.time(), {}
-    groups = {}
+    groups = {}  # runs whose M0 is not trained yet wait for it in one worker; the others run on their own
     for cfg in configs:
-        groups.setdefault((cfg.task, cfg.seed), []).append((cfg, result_path(experiment, cfg, tagged)))
+        path = result_path(experiment, cfg, tagged)
+        key = path if os.path.exists(m0_path(cfg)) else (cfg.task, cfg.seed)
+        groups.setdefault(key, []).append((cfg, path))
     bar = tqdm(total=len(configs), desc=experiment, unit="run", file=sys.stdout)
 
     def finished(runs, outcome):
@@ -443,6 +483,35 @@ def plot_curves(groups, path):
     _save_figure(fig, path)
 
 
+def plot_post_training(groups, path):
+    """Concurrent post-training, with KL: how far the behaviour has shifted (accuracy on the shift's own
+    cases), how much of it the frozen labels still describe (agreement), and whether the explanations of
+    the flipped items follow it (Self@flipped) or the frozen labels (Orig@flipped); mean over seeds."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    tasks = sorted(task for task, regime in groups if regime == "kl")
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        runs = groups[(task, "kl")]
+        steps = [p["step"] for p in runs[0]["curve"]]
+        for metric, color, label in (("shift_learned", "black", "shift learned"),
+                                     ("agreement", "tab:gray", "agreement (labels vs behaviour)"),
+                                     ("self_flipped", "tab:blue", "Self@flipped"),
+                                     ("orig_flipped", "tab:orange", "Orig@flipped")):
+            values = np.array([[np.nan if p[metric] is None else p[metric] for p in r["curve"]] for r in runs])
+            defined = ~np.isnan(values).all(0)  # nothing has flipped at step 0
+            ax.plot(np.array(steps)[defined], np.nanmean(values[:, defined], 0), color=color, marker=".",
+                    label=label)
+        ax.set_title(f"{task}: explanations during the shift")
+        ax.set_xlabel("explanation-training step")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="center right")
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
 def plot_gaps(groups, path):
     """Final Self - Orig and Self on flipped items per task, with and without KL: mean, 95% interval over
     seeds, and every seed as a dot."""
@@ -481,7 +550,9 @@ def by_value(name, results):
     for r in sorted(results, key=lambda r: r["config"]["seed"]):
         value = knob_value(r["config"], SWEEPS[name].knob)
         table.setdefault(r["config"]["task"], {}).setdefault(value, []).append(r)
-    return {task: dict(sorted(values.items())) for task, values in sorted(table.items())}
+    order = {v: i for i, v in enumerate(SWEEPS[name].values)}  # the sweep's own order ("full" last)
+    return {task: dict(sorted(values.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+            for task, values in sorted(table.items())}
 
 
 def plot_sweep(name, results, path):
@@ -493,7 +564,7 @@ def plot_sweep(name, results, path):
     sweep, table = SWEEPS[name], by_value(name, results)
     fig, axes = plt.subplots(len(table), 3, figsize=(12, 3.3 * len(table)), squeeze=False)
     for row, (task, values) in zip(axes, table.items()):
-        xs = list(values)
+        xs = list(range(len(values)))  # values in the sweep's own order, evenly spaced
         for ax, metrics in ((row[0], (("gap", "tab:green"),)),
                             (row[1], (("self_flipped", "tab:blue"), ("orig_flipped", "tab:orange")))):
             for metric, color in metrics:
@@ -504,6 +575,7 @@ def plot_sweep(name, results, path):
                 for x, v in zip(xs, finals):
                     ax.scatter([x] * len(v), v, color=color, s=8, alpha=0.5)
             ax.axhline(0 if metrics[0][0] == "gap" else 0.5, color="black", lw=0.8, ls=":")
+            ax.set_xticks(xs, [value_label(sweep.knob, v) for v in values])
             ax.set_xlabel(sweep.label)
             ax.grid(alpha=0.3)
         row[0].set_ylabel(f"{task}: Self - Orig (final)")
@@ -511,7 +583,7 @@ def plot_sweep(name, results, path):
         row[1].legend(fontsize=7)
         runs = [r for v in values.values() for r in v]
         row[2].scatter([r["final"]["agreement"] for r in runs], [r["final"]["gap"] for r in runs], s=14,
-                       c=[xs.index(knob_value(r["config"], sweep.knob)) for r in runs], cmap="viridis")
+                       c=[list(values).index(knob_value(r["config"], sweep.knob)) for r in runs], cmap="viridis")
         row[2].axhline(0, color="black", lw=0.8, ls=":")
         row[2].set_xlabel("agreement of frozen labels with current behaviour")
         row[2].set_ylabel("Self - Orig (final)")
@@ -527,7 +599,7 @@ def sweep_table(name, results):
     for task, values in by_value(name, results).items():
         for value, runs in values.items():
             col = lambda key, **kw: _fmt([r["final"][key] for r in runs], **kw)
-            rows.append(f"| {task} | {value:g} | {len(runs)} | {col('agreement', digits=2)} | "
+            rows.append(f"| {task} | {value_label(sweep.knob, value)} | {len(runs)} | {col('agreement', digits=2)} | "
                         f"{col('n_flipped', digits=0)} | {col('self')} | {col('orig')} | "
                         f"**{col('gap', signed=True)}** | {col('self_flipped', digits=2)} | "
                         f"{col('orig_flipped', digits=2)} | {col('malformed', digits=3)} |")
@@ -599,11 +671,12 @@ def write_report(experiment="main", path="REPORT.md", results=None):
     if not results:
         raise FileNotFoundError(f"no results under {os.path.join(RESULTS, experiment)}; run `make reproduce`")
     groups = group(results)
-    curves, gaps = (os.path.join(FIGURES, f"{experiment}_{kind}.png") for kind in ("curves", "gap"))
+    curves, gaps, shift = (os.path.join(FIGURES, f"{experiment}_{kind}.png") for kind in ("curves", "gap", "shift"))
     plot_curves(groups, curves)
     plot_gaps(groups, gaps)
+    plot_post_training(groups, shift)
     report_dir = os.path.dirname(os.path.abspath(path))
-    curves, gaps = (os.path.relpath(p, report_dir) for p in (curves, gaps))
+    curves, gaps, shift = (os.path.relpath(p, report_dir) for p in (curves, gaps, shift))
     sweeps, every = "", list(results)
     for name in SWEEPS if experiment == "main" else ():  # the main report also gathers every sweep's runs
         if load_results(name):
@@ -628,6 +701,12 @@ behaviour (Self) and from M0's behaviour (Orig, the kind of labels it was traine
 ![Self and Orig over training]({curves})
 
 ![Final gap and Self on flipped items]({gaps})
+
+Concurrent post-training (with KL): the shift is learnt within the first evaluations, the frozen labels
+then describe a fraction "agreement" of the current behaviour, and no new label is ever given; do the
+explanations of the flipped items follow the shift?
+
+![Explanations during the shift]({shift})
 
 ## Every seed
 
@@ -705,7 +784,8 @@ def build_parser():
     reproduce = sub.add_parser("reproduce", help="the main result: 3 tasks x 3 seeds x (KL, no KL), then the report")
     sweep = sub.add_parser("sweep", help="one knob varied over several seeds: " + ", ".join(SWEEPS))
     sweep.add_argument("name", help=f"one of: {', '.join(SWEEPS)}")
-    sweep.add_argument("--tasks", default="hint", help=f"comma-separated, from: {', '.join(TASKS)}")
+    sweep.add_argument("--tasks", default="", help=f"comma-separated, from: {', '.join(TASKS)} (default: the "
+                       "sweep's own, hint for all but agreement)")
     sweep.add_argument("--seeds", default="0,1,2", help="comma-separated integers")
     everything = sub.add_parser("reproduce-all", help="the main result, then every sweep, then the report")
     for p in (quick, reproduce, sweep, everything):
@@ -737,7 +817,8 @@ def main(argv=None):
         elif args.command == "sweep":
             if args.name not in SWEEPS:
                 raise ValueError(f"sweep {args.name!r} is unknown; allowed: {', '.join(SWEEPS)}")
-            tasks, seeds = parse_list(args.tasks, "tasks", str), parse_list(args.seeds, "seeds", int)
+            tasks = parse_list(args.tasks, "tasks", str) if args.tasks else None
+            seeds = parse_list(args.seeds, "seeds", int)
             run_suite(args.name, sweep_configs(args.name, tasks, seeds, args.device), True, jobs(args))
             write_report("main")
         elif args.command == "reproduce-all":

@@ -15,7 +15,7 @@ import argparse
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -156,7 +156,8 @@ def new_model(cfg: PretrainConfig, device):
 
 
 def new_optimizer(model, lr):
-    return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0, fused=True)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(trainable, lr=lr, betas=(0.9, 0.95), weight_decay=0.0, fused=True)
 
 
 def take_step(model, optimizer, loss, lr, grad_clip=None):
@@ -239,17 +240,31 @@ class ExplainConfig:
     kl_weight: float = 1.0
     warmup: int = 30
     grad_clip: float = 1.0
-    eval_every: int = 100
+    eval_every: int = 50
+    lora_rank: int = 0  # 0: full fine-tuning; r > 0: M0's weights frozen, only rank-r adapters train
 
     def __post_init__(self):
         for name in ("steps", "explain_batch", "shift_batch", "kl_batch", "eval_every"):
             check_positive(name, getattr(self, name))
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank={self.lora_rank} must be 0 (full fine-tuning) or a positive integer")
         if self.warmup < 0:
             raise ValueError(f"warmup={self.warmup} must be >= 0")
         if not self.lr > 0:
             raise ValueError(f"lr={self.lr} must be positive")
         if not self.kl_weight >= 0:
             raise ValueError(f"kl_weight={self.kl_weight} must be >= 0")
+
+
+def explainer_from(m0, lora_rank=0):
+    """The model stage B trains: a trainable copy of M0 (rank 0), or M0 with its weights frozen and
+    rank-r LoRA adapters on every attention and MLP projection (which start as the identity update)."""
+    model = GPT(replace(m0.cfg, lora_rank=lora_rank)).to(m0.device)
+    missing, unexpected = model.load_state_dict(unwrap(m0).state_dict(), strict=False)
+    assert not unexpected and all("lora_" in key for key in missing), (missing, unexpected)
+    for name, p in model.named_parameters():
+        p.requires_grad = not lora_rank or "lora_" in name
+    return model.eval()
 
 
 def kl_to_reference(logp, ref_logp):

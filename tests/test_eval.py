@@ -177,3 +177,12 @@ def test_parallel_runs_give_the_same_results_as_one_at_a_time(tmp_path, monkeypa
         curves.append(ev._nan_to_none([[{k: v for k, v in p.items() if k != "seconds"} for p in r["curve"]]
                                        for r in results]))
     assert curves[0] == curves[1]
+
+
+def test_the_trigger_shift_asks_about_a_word_no_label_mentions(tmp_path):
+    result = tiny_run(tmp_path, shift="trigger")
+    assert result["config"]["shift"] == "trigger" and result["data"]["n_shift_cases"] > 0
+    assert result["data"]["n_shifted_units"] == 0  # the base behaviour of every unit stays as it was
+    assert result["curve"][0]["n_flipped"] == 0
+    # M0 has never seen the word: removing it changes M0's answer on few held-out items, if any
+    assert result["curve"][0]["changed_fraction"] < 0.5
