@@ -303,7 +303,7 @@ def main_configs(tasks=MAIN_TASKS, seeds=MAIN_SEEDS, device="auto"):
     configs = []
     for seed in seeds:  # seed-major, so an interrupted suite already covers every task
         for task in tasks:
-            for kl_weight in (1.0, 0.0):
+            for kl_weight in (ExplainConfig.kl_weight, 0.0):
                 configs.append(RunConfig(task=task, seed=seed, pretrain=PretrainConfig(device=device),
                                          explain=ExplainConfig(kl_weight=kl_weight)))
     return configs

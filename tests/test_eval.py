@@ -94,7 +94,7 @@ def test_a_bad_flag_value_exits_with_one_line(capsys):
     with pytest.raises(SystemExit):
         ev.main(["run", "--task", "hint", "--shift", "sideways"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: shift='sideways' is unknown for task hint; allowed: none, reduce, acquire, both"]
+    assert err == ["error: shift='sideways' is unknown for task hint; allowed: none, trigger, reduce, acquire, both"]
 
 
 def test_label_noise_changes_only_the_labels(tmp_path):
