@@ -186,3 +186,18 @@ def test_the_trigger_shift_asks_about_a_word_no_label_mentions(tmp_path):
     assert result["curve"][0]["n_flipped"] == 0
     # M0 has never seen the word: removing it changes M0's answer on few held-out items, if any
     assert result["curve"][0]["changed_fraction"] < 0.5
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sweep", "nosuch"], "error: sweep 'nosuch' is unknown; allowed: label_noise, learning_rate, agreement, "
+                          "trigger, capacity"),
+    (["sweep", "label_noise", "--seeds", "0,x"], "error: --seeds='0,x' must be a comma-separated list of int values"),
+    (["sweep", "label_noise", "--tasks", "maths"], "error: task 'maths' is unknown; allowed: hint, judgement, refusal"),
+    (["sweep", "label_noise", "--jobs", "-2"], "error: jobs=-2 must be a positive integer"),
+    (["report", "--experiment", "nosuch"], "error: no results under results/nosuch; run `make reproduce`")])
+def test_unknown_experiments_and_bad_suite_flags_exit_with_one_line(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no results here, and nothing may be written
+    with pytest.raises(SystemExit):
+        ev.main(argv)
+    assert capsys.readouterr().err.strip().splitlines() == [message]
+    assert not list(tmp_path.rglob("*.json"))
