@@ -339,8 +339,8 @@ SWEEPS = {
                      "explanations describe it (Self) or M0, which ignores the word (Orig)?",
                      "explanations of the new behaviour were 79.8% accurate against an untrained baseline"),
     "capacity": Sweep("explain.lora_rank", (1, 2, 4, 16, 0), "LoRA rank of the explanation stage (0: full)",
-                      "Does coupling need the capacity of full fine-tuning? Ranks 1-16: M0's weights frozen, "
-                      "only the adapters train.",
+                      "Does coupling need the capacity of full fine-tuning? Ranks 1-16: M0's transformer "
+                      "weights frozen, only the adapters and the token embedding train.",
                       "coupling appears only above a rank threshold"),
 }
 

@@ -257,13 +257,15 @@ class ExplainConfig:
 
 
 def explainer_from(m0, lora_rank=0):
-    """The model stage B trains: a trainable copy of M0 (rank 0), or M0 with its weights frozen and
-    rank-r LoRA adapters on every attention and MLP projection (which start as the identity update)."""
+    """The model stage B trains: a trainable copy of M0 (rank 0), or M0 with its transformer weights
+    frozen and rank-r LoRA adapters on every attention and MLP projection (which start as the identity
+    update). The tied token embedding stays trainable: M0 never saw the explanation words, so their
+    embeddings are untrained, as new tokens would be."""
     model = GPT(replace(m0.cfg, lora_rank=lora_rank)).to(m0.device)
     missing, unexpected = model.load_state_dict(unwrap(m0).state_dict(), strict=False)
     assert not unexpected and all("lora_" in key for key in missing), (missing, unexpected)
     for name, p in model.named_parameters():
-        p.requires_grad = not lora_rank or "lora_" in name
+        p.requires_grad = not lora_rank or "lora_" in name or name == "tok_emb.weight"
     return model.eval()
 
 

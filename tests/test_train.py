@@ -108,21 +108,22 @@ def test_a_nan_loss_stops_training_with_the_step():
         train.check_finite(torch.tensor(float("nan")), 7, "pretraining")
 
 
-def test_lora_rank_zero_trains_everything_and_rank_r_only_the_adapters():
+def test_lora_rank_zero_trains_everything_and_rank_r_only_the_adapters_and_embedding():
     torch.manual_seed(0)
     m0 = GPT(GPTConfig(vocab_size=50, n_layer=2, n_head=2, n_embd=16))
     idx = torch.randint(0, 50, (3, 8))
     full, adapted = train.explainer_from(m0, 0), train.explainer_from(m0, 4)
     assert all(p.requires_grad for p in full.parameters())
     assert {n for n, p in adapted.named_parameters() if p.requires_grad} == \
-        {n for n, _ in adapted.named_parameters() if "lora_" in n}
+        {n for n, _ in adapted.named_parameters() if "lora_" in n} | {"tok_emb.weight"}
     for model in (full, adapted):  # both start as M0 itself
         assert torch.allclose(model(idx), m0(idx), atol=1e-6)
-    base = {n: p.detach().clone() for n, p in adapted.named_parameters() if "lora_" not in n}
+    frozen = lambda name: "lora_" not in name and name != "tok_emb.weight"
+    base = {n: p.detach().clone() for n, p in adapted.named_parameters() if frozen(n)}
     optimizer = train.new_optimizer(adapted, 1e-2)
     for _ in range(3):
         train.take_step(adapted, optimizer, adapted(idx).logsumexp(-1).mean(), 1e-2)
-    assert all(torch.equal(p, base[n]) for n, p in adapted.named_parameters() if "lora_" not in n)
+    assert all(torch.equal(p, base[n]) for n, p in adapted.named_parameters() if frozen(n))
     assert not torch.allclose(adapted(idx), m0(idx))  # the adapters did learn
     with pytest.raises(ValueError, match="lora_rank=-1 must be 0"):
         train.ExplainConfig(lora_rank=-1)
