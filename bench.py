@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from data import get_task
+from data import N_UNITS, get_task
 from eval import RESULTS, provenance, write_json
 from explain import behaviour, pair_cases
 from train import PretrainConfig, lr_at, new_model, new_optimizer, pretrain_loss, setup, take_step
@@ -61,7 +61,7 @@ def training_speed(cfg, device, steps):
     flops_per_step = counter.get_total_flops()
     seconds = seconds_per_call(one_step, repeats=steps)
     rng = np.random.default_rng(0)  # the mean unpadded prompt length of a batch
-    tokens = np.mean([len(task.encode(task.random_case(rng, np.arange(600)))) for _ in range(2000)])
+    tokens = np.mean([len(task.encode(task.random_case(rng, np.arange(N_UNITS)))) for _ in range(2000)])
     return {"seconds_per_step": seconds, "tokens_per_second": cfg.batch_size * tokens / seconds,
             "flop_per_step": flops_per_step, "flop_per_second": flops_per_step / seconds}
 

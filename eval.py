@@ -392,9 +392,9 @@ def run_suite(experiment, configs, tagged=False, jobs=1):
     from tqdm import tqdm
     check_positive("jobs", jobs)
     t0, results = time.time(), {}
+    paths = [result_path(experiment, cfg, tagged) for cfg in configs]
     groups = {}  # runs whose M0 is not trained yet wait for it in one worker; the others run on their own
-    for cfg in configs:
-        path = result_path(experiment, cfg, tagged)
+    for cfg, path in zip(configs, paths):
         key = path if os.path.exists(m0_path(cfg)) else (cfg.task, cfg.seed)
         groups.setdefault(key, []).append((cfg, path))
     bar = tqdm(total=len(configs), desc=experiment, unit="run", file=sys.stdout)
@@ -418,7 +418,7 @@ def run_suite(experiment, configs, tagged=False, jobs=1):
                 finished(futures[future], future.result())
     bar.close()
     print(f"{experiment}: {len(results)} runs in {time.time() - t0:.0f} s")
-    return [results[result_path(experiment, cfg, tagged)] for cfg in configs]
+    return [results[path] for path in paths]
 
 
 def load_results(experiment):
@@ -445,6 +445,16 @@ def group(results):
 # Figures and the report
 
 FIGURES = "figures"
+
+
+def pyplot():
+    """matplotlib's pyplot on a file-only backend, imported only when a figure is drawn."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
 KL_STYLE = {"kl": ("-", "with KL"), "nokl": ("--", "without KL")}
 
 
@@ -458,9 +468,7 @@ def _fmt(values, digits=3, signed=False):
 
 def plot_curves(groups, path):
     """Self and Orig over explanation-training steps, one panel per task, mean over seeds."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     tasks = sorted({task for task, _ in groups})
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
@@ -487,9 +495,7 @@ def plot_post_training(groups, path):
     """Concurrent post-training, with KL: how far the behaviour has shifted (accuracy on the shift's own
     cases), how much of it the frozen labels still describe (agreement), and whether the explanations of
     the flipped items follow it (Self@flipped) or the frozen labels (Orig@flipped); mean over seeds."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     tasks = sorted(task for task, regime in groups if regime == "kl")
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
@@ -515,9 +521,7 @@ def plot_post_training(groups, path):
 def plot_gaps(groups, path):
     """Final Self - Orig and Self on flipped items per task, with and without KL: mean, 95% interval over
     seeds, and every seed as a dot."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     tasks = sorted({task for task, _ in groups})
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for ax, metric, title in ((axes[0], "gap", "Self - Orig (final)"),
@@ -558,9 +562,7 @@ def by_value(name, results):
 def plot_sweep(name, results, path):
     """Per task: the final gap and Self/Orig on flipped items against the knob (mean, 95% interval, every
     seed as a dot), and every run's gap against its label-behaviour agreement."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     sweep, table = SWEEPS[name], by_value(name, results)
     fig, axes = plt.subplots(len(table), 3, figsize=(12, 3.3 * len(table)), squeeze=False)
     for row, (task, values) in zip(axes, table.items()):
@@ -623,7 +625,7 @@ Command: `python eval.py sweep {name}`. The paper: {sweep.paper}.
 
 
 def _save_figure(fig, path):
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}.png"
     fig.savefig(tmp, dpi=110)
@@ -679,9 +681,10 @@ def write_report(experiment="main", path="REPORT.md", results=None):
     curves, gaps, shift = (os.path.relpath(p, report_dir) for p in (curves, gaps, shift))
     sweeps, every = "", list(results)
     for name in SWEEPS if experiment == "main" else ():  # the main report also gathers every sweep's runs
-        if load_results(name):
-            sweeps += sweep_section(name, load_results(name), report_dir)
-            every += load_results(name)
+        swept = load_results(name)
+        if swept:
+            sweeps += sweep_section(name, swept, report_dir)
+            every += swept
     prov = results[0]["provenance"]
     commits = sorted({r["provenance"]["git_commit"][:10] for r in every})
     cfg = results[0]["config"]

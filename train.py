@@ -237,11 +237,11 @@ class ExplainConfig:
     explain_batch: int = 128
     shift_batch: int = 128
     kl_batch: int = 64
-    kl_weight: float = 3.0  # chosen on fresh seeds 20-24 among 1 and 3 (README)
+    kl_weight: float = 3.0  # chosen on fresh seeds 20-24 (README, "Choosing the KL weight")
     warmup: int = 30
     grad_clip: float = 1.0
     eval_every: int = 50
-    lora_rank: int = 0  # 0: full fine-tuning; r > 0: M0's weights frozen, only rank-r adapters train
+    lora_rank: int = 0  # 0: full fine-tuning; r > 0: only rank-r adapters and the embedding train
 
     def __post_init__(self):
         for name in ("steps", "explain_batch", "shift_batch", "kl_batch", "eval_every"):
