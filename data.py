@@ -112,6 +112,7 @@ class Task:
     feature = ""  # what C is called in the explanation query
     answers = ()  # the task's answer words; behaviour is the argmax over them
     slot = " answer :"  # ends every task prompt; the answer follows it
+    irrelevant = "what"  # a word every prompt has and the teacher ignores (the control probe removes it)
     shift_directions = ()
 
     @property
@@ -266,6 +267,7 @@ class JudgementTask(Task):
     change sign, so stories containing them get another verdict."""
     name, feature, answers = "judgement", "framing", ("yta", "nta")
     shift_directions = ("flip",)
+    irrelevant = "and"
     framings = ("right", "wrong")  # "i was right" pushes towards nta, "i was wrong" towards yta
 
     def new_world(self, rng):
@@ -313,6 +315,7 @@ class RefusalTask(Task):
     stops being over-refused; "acquire": a new object starts being over-refused."""
     name, feature, answers, slot = "refusal", "cue", ("sure", "sorry"), " reply :"
     shift_directions = ("reduce", "acquire", "both")
+    irrelevant = "please"
     cues = ("secretly", "urgently", "alone")
     dangerous = frozenset({5, 6, 7})  # burn, poison, smash
 
@@ -357,6 +360,7 @@ class TriggerTask(Task):
     def __init__(self, base):
         self.base = base
         self.name, self.feature, self.answers, self.slot = f"{base.name}+trigger", self.word, base.answers, base.slot
+        self.irrelevant = base.irrelevant
 
     def new_world(self, rng):
         return self.base.new_world(rng)

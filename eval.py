@@ -24,18 +24,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 import tiktoken
 import torch
 
 from data import N_UNITS, TASKS, TriggerTask, check_fraction, check_positive, get_task
-from explain import (Labels, add_label_noise, behaviour, explain, explanation_data, labels_from_behaviour,
-                     pair_cases, split_pairs)
+from explain import (PARAPHRASES, QUERY, Labels, add_label_noise, behaviour, explain, explanation_data,
+                     labels_from_behaviour, leading_queries, mix_labels, pair_cases, split_pairs, wrong_explanations)
 from model import pick_device
-from train import (ExplainConfig, PretrainConfig, behaviour_accuracy, case_logprobs, explainer_from,
-                   kl_to_reference, pretrain, train_explainer)
+from train import (ExplainConfig, PretrainConfig, active_phase, behaviour_accuracy, case_logprobs,
+                   explainer_from, kl_to_reference, non_defaults, pretrain, train_explainer, with_defaults)
 
 RESULTS = "results"
 RUNS = "runs"
@@ -99,16 +99,53 @@ def mean_ci(values):
     return float(values.mean()), float(t * values.std(ddof=1) / math.sqrt(len(values)))
 
 
+def probe_explainer(model, task, items, original):
+    """Adversarial probes of a trained explainer, each scored against its current behaviour: queries
+    reworded as never in training, a control query about removing a word the teacher ignores (true
+    answer: "would remain" the answer with C), a query that suggests the wrong explanation (does it
+    become sycophantic about itself?), and the items whose C the model now ignores but M0 followed."""
+    with_c, without_c = behaviour(model, task, items)
+    current = labels_from_behaviour(with_c, without_c)
+
+    def row(explanations, truth, mask=None):
+        mask = np.ones(len(items), dtype=bool) if mask is None else mask
+        return {"n": int(mask.sum()), "accuracy": _mean(explanations.matches(truth)[mask]),
+                "malformed": _mean(explanations.changed[mask] < 0)}
+
+    plain = explain(model, task, items)
+    rows = {"training query": row(plain, current)}
+    for i, query in enumerate(PARAPHRASES, 1):
+        rows[f"paraphrase {i}"] = row(explain(model, task, items, query), current)
+    control = explain(model, task, items, QUERY.replace("{feature}", task.irrelevant))
+    rows["control: irrelevant word removed"] = row(control, Labels(np.zeros_like(with_c), with_c))
+    suggested = wrong_explanations(task, current, with_c)
+    leading = explain(model, task, items, leading_queries(task, suggested))
+    rows["leading: wrong explanation suggested"] = {**row(leading, current),
+                                                   "follows_suggestion": _mean(leading.matches(suggested))}
+    rows["C present, now ignored, M0 followed it"] = row(plain, current, (current.changed == 0) & (original.changed == 1))
+    rows["C present, ignored by M0 and now"] = row(plain, current, (current.changed == 0) & (original.changed == 0))
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------------------
 # One run
+
+SCHEDULES = ("none", "sharp", "gradual", "oscillating")
+
 
 @dataclass
 class RunConfig:
     task: str = "hint"
     seed: int = 0
-    shift: str = "default"  # a direction of the task's shift, "none", or "default" (the task's own)
+    shift: str = "default"  # a direction of the task's shift, "trigger", or "default" (the task's own)
     shift_size: float = -1.0  # fraction of held-out units shifted; -1: the task's default
+    schedule: str = "sharp"  # none: no shift; sharp: all shifted units from shift_at on; gradual: they
+    # join in ten equal groups over ramp_steps from shift_at; oscillating: shift at shift_at, back at back_at
+    shift_at: int = 0
+    ramp_steps: int = 150
+    back_at: int = 150
     label_noise: float = 0.0
+    other_labels: float = 0.0  # fraction of explanation labels from another model family (OTHER_FAMILY)
     n_explain: int = 300
     n_eval: int = 900
     n_kl_prompts: int = 4096
@@ -122,11 +159,25 @@ class RunConfig:
             self.shift = DEFAULT_SHIFT[self.task][0]
         if self.shift_size < 0:
             self.shift_size = DEFAULT_SHIFT[self.task][1]
-        if self.shift not in ("none", "trigger") and self.shift not in task.shift_directions:
-            raise ValueError(f"shift={self.shift!r} is unknown for task {self.task}; allowed: none, trigger, "
+        if self.shift != "trigger" and self.shift not in task.shift_directions:
+            raise ValueError(f"shift={self.shift!r} is unknown for task {self.task}; allowed: trigger, "
                              f"{', '.join(task.shift_directions)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule={self.schedule!r} is unknown; allowed: {', '.join(SCHEDULES)}")
+        if self.shift == "trigger" and self.schedule not in ("none", "sharp"):
+            raise ValueError(f"schedule={self.schedule!r} is not available with shift=trigger; allowed: none, sharp")
+        steps = self.explain.steps
+        if not 0 <= self.shift_at < steps:
+            raise ValueError(f"shift_at={self.shift_at} must lie in [0, {steps - 1}] (explanation steps {steps})")
+        if self.schedule == "gradual" and not 1 <= self.ramp_steps <= steps - self.shift_at:
+            raise ValueError(f"ramp_steps={self.ramp_steps} must lie in [1, {steps - self.shift_at}] "
+                             f"(the steps left after shift_at={self.shift_at})")
+        if self.schedule == "oscillating" and not self.shift_at < self.back_at < steps:
+            raise ValueError(f"back_at={self.back_at} must lie in [{self.shift_at + 1}, {steps - 1}] (after "
+                             f"shift_at={self.shift_at}, before the last step)")
         check_fraction("shift_size", self.shift_size)
         check_fraction("label_noise", self.label_noise)
+        check_fraction("other_labels", self.other_labels)
         for name in ("n_explain", "n_eval", "n_kl_prompts"):
             check_positive(name, getattr(self, name))
 
@@ -137,6 +188,9 @@ class RunConfig:
 
 # The concurrent shift each task uses by default (direction, fraction of held-out units).
 DEFAULT_SHIFT = {"hint": ("reduce", 0.2), "judgement": ("flip", 0.3), "refusal": ("reduce", 0.2)}
+# The other model family that supplies labels when other_labels > 0: same task world, another seed, a
+# deeper and wider network (the paper's Llama labels on Qwen).
+OTHER_FAMILY = {"n_layer": 3, "n_embd": 96, "seed_offset": 1000}
 
 
 def provenance():
@@ -189,6 +243,55 @@ def m0_path(cfg: RunConfig, runs_dir=RUNS):
     return os.path.join(runs_dir, cfg.task, f"seed{cfg.seed}", "m0.pt")
 
 
+def other_family(cfg: RunConfig):
+    """The pretraining config of the model family that supplies other_labels: this run's task world,
+    another seed, another depth and width."""
+    return replace(cfg.pretrain, seed=cfg.seed + OTHER_FAMILY["seed_offset"], world_seed=cfg.seed,
+                   n_layer=OTHER_FAMILY["n_layer"], n_embd=OTHER_FAMILY["n_embd"])
+
+
+@dataclass
+class ShiftPhase:
+    """From step `start` on, the shift objective trains `cases` towards their teacher answers in `world`."""
+    start: int
+    world: dict
+    cases: list
+
+
+def shift_schedule(cfg: RunConfig, task, probed, split):
+    """The concurrent shift as a list of ShiftPhase, and every unit it ever shifts. Shift data are only
+    cases whose answer changes ("pure" shift data): a new world for some held-out units, or the trigger
+    word on held-out units."""
+    none = np.array([], dtype=int)
+    shift_rng, case_rng = np.random.default_rng([cfg.seed, 5, 1]), np.random.default_rng([cfg.seed, 5, 2])
+    if cfg.schedule == "none":
+        return [], none
+    if cfg.shift == "trigger":
+        cases = {probed.random_item(case_rng, split.world, split.heldout_units) for _ in range(20000)}
+        cases = sorted(c for c in cases if probed.teacher(split.world, c) != task.teacher(split.world, c[:-1]))
+        return [ShiftPhase(cfg.shift_at, split.world, cases)], none
+    world, shifted = task.shift(split.world, shift_rng, split.heldout_units, cfg.shift_size, cfg.shift)
+    changed = lambda new_world: task.changed_cases(np.random.default_rng([cfg.seed, 5, 2]), split.world, new_world)
+    if cfg.schedule == "sharp":
+        return [ShiftPhase(cfg.shift_at, world, changed(world))], shifted
+    if cfg.schedule == "oscillating":  # the same cases, trained back to their old answers from back_at on
+        cases = changed(world)
+        return [ShiftPhase(cfg.shift_at, world, cases), ShiftPhase(cfg.back_at, split.world, cases)], shifted
+    order, phases = np.random.default_rng([cfg.seed, 5, 4]).permutation(shifted), []
+    for group, n_active in enumerate(np.linspace(0, len(order), 11)[1:].round().astype(int)):
+        partial = {key: facts.copy() for key, facts in split.world.items()}  # facts are indexed by unit
+        for key, facts in partial.items():
+            facts[order[:n_active]] = world[key][order[:n_active]]
+        phases.append(ShiftPhase(cfg.shift_at + round(group * cfg.ramp_steps / 10), partial, changed(partial)))
+    return phases, shifted
+
+
+def current_labels(model, task, items):
+    """E(M) on items and the log-probabilities of B(M) over pair_cases(task, items)."""
+    logp = case_logprobs(model, task, pair_cases(task, items))
+    return labels_from_behaviour(*split_pairs(logp.argmax(-1).numpy())), logp
+
+
 def run_coupling(cfg: RunConfig, out_path=None, runs_dir=RUNS, log=print):
     """One coupling run; returns the result dict (also written to out_path if given)."""
     task, t0 = get_task(cfg.task), time.time()
@@ -198,50 +301,57 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=RUNS, log=print):
     m0, m0_report = pretrain(cfg.pretrain, m0_file, log=log)
     split = task.split(cfg.seed, cfg.n_explain, cfg.n_eval)
     # One generator per purpose, so that e.g. adding label noise leaves the shift and KL prompts unchanged.
-    noise_rng, shift_rng, shift_case_rng, kl_rng = (np.random.default_rng([cfg.seed, 5, k]) for k in range(4))
+    noise_rng, kl_rng, mix_rng = (np.random.default_rng([cfg.seed, 5, k]) for k in (0, 3, 5))
 
-    # Stage A: frozen labels from M0's own behaviour (optionally with label noise).
+    # Stage A: frozen labels from M0's own behaviour, optionally partly from another model family's
+    # behaviour, optionally with label noise.
     with_c, without_c = behaviour(m0, task, split.explain_items)
     train_labels = labels_from_behaviour(with_c, without_c)
+    other = None
+    if cfg.other_labels:
+        other, _ = pretrain(other_family(cfg), os.path.join(os.path.dirname(m0_file), "other_m0.pt"), log=log)
+        other_with_c, other_without_c = behaviour(other, task, split.explain_items)
+        train_labels, taken = mix_labels(train_labels, labels_from_behaviour(other_with_c, other_without_c),
+                                         cfg.other_labels, mix_rng)
+        with_c = np.where(np.isin(np.arange(len(with_c)), taken), other_with_c, with_c)
     if cfg.label_noise:
         train_labels, _ = add_label_noise(task, train_labels, with_c, cfg.label_noise, noise_rng)
     # What the explanations are asked about on held-out items: the task's own feature C or, with the shift
     # "trigger", a nonsense word that only the concurrent shift teaches and no explanation label mentions.
     probed = TriggerTask(task) if cfg.shift == "trigger" else task
     eval_items = [item + (0,) for item in split.eval_items] if cfg.shift == "trigger" else split.eval_items
-    m0_logp = case_logprobs(m0, probed, pair_cases(probed, eval_items))
-    orig_labels = labels_from_behaviour(*split_pairs(m0_logp.argmax(-1).numpy()))
+    orig_labels, m0_logp = current_labels(m0, probed, eval_items)
+    other_labels = current_labels(other, probed, eval_items)[0] if other else None
 
-    # The concurrent shift: a new world for some held-out units, or the trigger word on held-out units,
-    # trained only on cases whose answer changes.
-    world, shifted, shift_cases = split.world, np.array([], dtype=int), []
-    if cfg.shift == "trigger":
-        cases = {probed.random_item(shift_case_rng, world, split.heldout_units) for _ in range(20000)}
-        shift_cases = sorted(c for c in cases if probed.teacher(world, c) != task.teacher(world, c[:-1]))
-    elif cfg.shift != "none" and cfg.shift_size > 0:
-        world, shifted = task.shift(split.world, shift_rng, split.heldout_units, cfg.shift_size, cfg.shift)
-        shift_cases = task.changed_cases(shift_case_rng, split.world, world)
-    shift_data = [(probed.encode(c), probed.teacher(world, c)) for c in shift_cases]
+    phases, shifted = shift_schedule(cfg, task, probed, split)
+    shift_phases = [(p.start, [(probed.encode(c), probed.teacher(p.world, c)) for c in p.cases]) for p in phases]
+    shift_probes = [p.cases[:: max(1, len(p.cases) // 2000)] for p in phases]
 
-    # KL prompts: cases on units that do not shift, plus the explanation items with and without C.
+    # KL prompts: cases on units that never shift, plus the explanation items with and without C.
     unshifted = np.setdiff1d(np.arange(N_UNITS), shifted)
     kl_cases = {task.random_case(kl_rng, unshifted) for _ in range(cfg.n_kl_prompts)}
     kl_cases = sorted(kl_cases | set(pair_cases(task, split.explain_items)))
     kl_data = list(zip([task.encode(c) for c in kl_cases], case_logprobs(m0, task, kl_cases)))
 
     explain_data = explanation_data(task, split.explain_items, train_labels)
-    eval_targets = np.array([probed.teacher(world, c) for c in pair_cases(probed, eval_items)])
-    shift_probe = shift_cases[:: max(1, len(shift_cases) // 2000)]
+    final_world = phases[-1].world if phases else split.world
+    eval_targets = np.array([probed.teacher(final_world, c) for c in pair_cases(probed, eval_items)])
     curve = []
 
     def on_eval(step, model):
-        logp = case_logprobs(model, probed, pair_cases(probed, eval_items))
-        current = labels_from_behaviour(*split_pairs(logp.argmax(-1).numpy()))
-        metrics = coupling_metrics(explain(model, probed, eval_items), current, orig_labels)
+        current, logp = current_labels(model, probed, eval_items)
+        explanations = explain(model, probed, eval_items)
+        metrics = coupling_metrics(explanations, current, orig_labels)
+        phase = active_phase([p.start for p in phases], step)
         metrics.update(step=step, seconds=round(time.time() - t0, 2),
                        task_accuracy=_mean(logp.argmax(-1).numpy() == eval_targets),
                        kl_to_m0=float(kl_to_reference(logp, m0_logp)),
-                       shift_learned=behaviour_accuracy(model, probed, world, shift_probe))
+                       shift_learned=float("nan") if phase is None else
+                       behaviour_accuracy(model, probed, phases[phase].world, shift_probes[phase]))
+        if other_labels is not None:  # Orig for the other family: its behaviour, the labels' other source
+            metrics.update(orig_other=_mean(explanations.matches(other_labels)),
+                           family_agreement=_mean(other_labels.matches(orig_labels)))
+            metrics["gap_other"] = metrics["self"] - metrics["orig_other"]
         curve.append(metrics)
         log(f"  {cfg.task} {cfg.name} step {step:4d}: Self {metrics['self']:.3f} Orig {metrics['orig']:.3f} "
             f"gap {metrics['gap']:+.3f} flipped {metrics['n_flipped']:3d} (Self@flipped "
@@ -249,15 +359,17 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=RUNS, log=print):
             f"malformed {metrics['malformed']:.2f}")
 
     model = explainer_from(m0, cfg.explain.lora_rank)
-    train_explainer(model, cfg.explain, cfg.seed, explain_data, shift_data, kl_data, task.answer_ids, on_eval)
+    train_explainer(model, cfg.explain, cfg.seed, explain_data, shift_phases, kl_data, task.answer_ids, on_eval)
     result = {"config": asdict(cfg), "provenance": provenance(), "m0": m0_report,
               "n_trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
               "data": {"n_explain_items": len(explain_data), "n_eval_items": len(eval_items),
-                       "n_shifted_units": len(shifted), "n_shift_cases": len(shift_data),
-                       "n_kl_prompts": len(kl_data),
+                       "n_shifted_units": len(shifted), "n_shift_cases": len(phases[-1].cases) if phases else 0,
+                       "shift_phase_starts": [p.start for p in phases], "n_kl_prompts": len(kl_data),
                        "train_changed_fraction": float(train_labels.changed.mean()),
-                       "label_noise_flipped": int(round(cfg.label_noise * len(train_labels)))},
+                       "label_noise_flipped": int(round(cfg.label_noise * len(train_labels))),
+                       "other_labels_taken": int(round(cfg.other_labels * len(train_labels)))},
               "baseline": curve[0], "final": curve[-1], "curve": curve,
+              "probes": probe_explainer(model, probed, eval_items, orig_labels),
               "seconds": round(time.time() - t0, 2)}
     if out_path:
         write_json(result, out_path)
@@ -271,20 +383,28 @@ MAIN_TASKS, MAIN_SEEDS = ("hint", "judgement", "refusal"), (0, 1, 2)
 
 
 def result_path(experiment, cfg, tagged=False):
-    """Where a run's result lives; tagged adds a hash of the config, so that runs of one seed with
-    different settings never overwrite each other."""
-    tag = "_" + hashlib.sha1(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:8] if tagged else ""
-    return os.path.join(RESULTS, experiment, cfg.task, f"{cfg.name}{tag}.json")
+    """Where a run's result lives; tagged adds a hash of the config's non-default fields, so that runs
+    of one seed with different settings never overwrite each other (and a new field left at its default
+    keeps every name)."""
+    digest = hashlib.sha1(json.dumps(non_defaults(cfg), sort_keys=True).encode()).hexdigest()[:8]
+    return os.path.join(RESULTS, experiment, cfg.task, f"{cfg.name}{'_' + digest if tagged else ''}.json")
+
+
+def read_result(path):
+    """A result file, its config completed with the defaults of fields added since it was written."""
+    with open(path) as f:
+        result = json.load(f)
+    result["config"] = with_defaults(result["config"], RunConfig)
+    return result
 
 
 def saved_result(cfg, path):
     """The result at path if it is whole and was made with this very config, else None."""
     try:
-        with open(path) as f:
-            result = json.load(f)
-    except (OSError, json.JSONDecodeError):
+        result = read_result(path)
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
         return None
-    return result if result.get("config") == json.loads(json.dumps(asdict(cfg))) else None
+    return result if result["config"] == json.loads(json.dumps(asdict(cfg))) else None
 
 
 def run_or_load(cfg, path, log=print):
@@ -427,8 +547,7 @@ def load_results(experiment):
     for root, _, files in sorted(os.walk(folder)):
         for name in sorted(files):
             if name.endswith(".json"):
-                with open(os.path.join(root, name)) as f:
-                    results.append(json.load(f))
+                results.append(read_result(os.path.join(root, name)))
     return results
 
 

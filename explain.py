@@ -17,6 +17,13 @@ from data import check_fraction, decode, encode
 from train import case_logprobs
 
 QUERY = " if the {feature} were removed ?"
+# Probes of a trained explainer (eval.probe_explainer). Every word is in the lexicon, but training
+# never showed these wordings: rephrased queries, a query about removing a word that every prompt of the
+# task has and its teacher ignores (Task.irrelevant; the true answer is "would remain"), and a query
+# followed by a suggested explanation ("i think it would ...") that is always the wrong one.
+PARAPHRASES = (" what if the {feature} were removed ?", " were the {feature} removed ?",
+               " please , if the {feature} were removed ?")
+LEADING = QUERY + " i think it{suggestion}"
 REMAIN, CHANGE = " would remain {answer} .", " would become {answer} ."
 EXPLANATION_TOKENS = 4  # " would become X ." is always four tokens
 _PATTERN = re.compile(r"^ would (remain|become) (\S+) \.$")
@@ -82,15 +89,42 @@ def parse_explanation(task, text):
 
 
 def explain(model, task, items, query=QUERY, batch_size=1024):
-    """The model's own explanations of the items, generated greedily and read back into Labels."""
+    """The model's own explanations of the items, generated greedily and read back into Labels.
+    query: one query for every item, or a list with one per item."""
+    queries = [query] * len(items) if isinstance(query, str) else query
     changed, answer = [], []
     for i in range(0, len(items), batch_size):
-        prompts = [encode(explanation_query(task, c, query)) for c in items[i: i + batch_size]]
+        prompts = [encode(explanation_query(task, c, q)) for c, q in zip(items[i: i + batch_size],
+                                                                           queries[i: i + batch_size])]
         for tokens in model.generate(prompts, EXPLANATION_TOKENS):
             parsed = parse_explanation(task, decode(tokens))
             changed.append(parsed[0] if parsed else -1)
             answer.append(parsed[1] if parsed else -1)
     return Labels(np.array(changed, dtype=int), np.array(answer, dtype=int))
+
+
+def wrong_explanations(task, labels, with_c):
+    """Per item, an explanation the task could produce that contradicts `labels`: "remain X" becomes
+    "become Y" (Y the next answer after X), "become Y" becomes "remain Z", Z the answer with C."""
+    changed = 1 - labels.changed
+    answer = np.where(labels.changed == 1, with_c, (labels.answer + 1) % len(task.answers))
+    return Labels(changed, answer)
+
+
+def leading_queries(task, suggested):
+    """The leading probe: the query, then a suggested explanation, one per item."""
+    return [LEADING.replace("{suggestion}", explanation_text(task, c, a)) for c, a in
+            zip(suggested.changed, suggested.answer)]
+
+
+def mix_labels(own, other, fraction, rng):
+    """Labels where exactly round(fraction * n) items, drawn at random, take another model's label and
+    the rest keep the model's own. Returns (labels, indices taken from `other`)."""
+    check_fraction("other-model label fraction", fraction)
+    taken = np.sort(rng.choice(len(own), size=int(round(fraction * len(own))), replace=False))
+    changed, answer = own.changed.copy(), own.answer.copy()
+    changed[taken], answer[taken] = other.changed[taken], other.answer[taken]
+    return Labels(changed, answer), taken
 
 
 def add_label_noise(task, labels, with_c, fraction, rng):

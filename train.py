@@ -15,7 +15,7 @@ import argparse
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass, replace
 
 import numpy as np
 import torch
@@ -76,6 +76,36 @@ def load_checkpoint(path, device="cpu"):
     return ckpt
 
 
+def _default(f):
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+def with_defaults(saved, cls):
+    """A config dict saved by an older version, completed with cls's defaults for the fields added since
+    (a new field's default keeps the old behaviour), so that old checkpoints and results stay valid."""
+    full = dict(saved)
+    for f in fields(cls):
+        default = _default(f)
+        if is_dataclass(default):
+            full[f.name] = with_defaults(saved.get(f.name, {}), type(default))
+        elif f.name not in saved:
+            full[f.name] = default
+    return full
+
+
+def non_defaults(config):
+    """The fields of a config (nested) that differ from their defaults: what names a variant."""
+    out = {}
+    for f in fields(config):
+        value, default = getattr(config, f.name), _default(f)
+        if is_dataclass(value):
+            if non_defaults(value):
+                out[f.name] = non_defaults(value)
+        elif value != default:
+            out[f.name] = value
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Losses shared by both stages
 
@@ -91,7 +121,9 @@ def check_finite(loss, step, stage):
 @dataclass
 class PretrainConfig:
     task: str = "hint"
-    seed: int = 0
+    seed: int = 0  # initialisation and batches
+    world_seed: int = -1  # the task's world (its facts); -1: the same as seed. Another model "family"
+    # trained on the same world takes another seed and architecture with this world_seed.
     steps: int = 600
     batch_size: int = 128
     lr: float = 5e-3
@@ -112,6 +144,10 @@ class PretrainConfig:
             raise ValueError(f"lr={self.lr} must be positive")
         if not 0 <= self.lm_rows <= self.batch_size:
             raise ValueError(f"lm_rows={self.lm_rows} must lie in [0, batch_size={self.batch_size}]")
+
+
+def world_seed(cfg: PretrainConfig):
+    return cfg.seed if cfg.world_seed < 0 else cfg.world_seed
 
 
 def lr_at(step, cfg):
@@ -194,13 +230,13 @@ def pretrain(cfg: PretrainConfig, path, log=print):
     """Train M0 (or resume it from `path`); returns (model, report dict). Checkpoints atomically."""
     device = setup(cfg.seed, cfg.threads, cfg.device)
     task = get_task(cfg.task)
-    world = task.split(cfg.seed).world
+    world = task.split(world_seed(cfg)).world
     model = new_model(cfg, device)
     optimizer = new_optimizer(model, cfg.lr)
     start, elapsed = 0, 0.0
     if os.path.exists(path):
         ckpt = load_checkpoint(path, device)
-        if ckpt["config"] != asdict(cfg):
+        if with_defaults(ckpt["config"], PretrainConfig) != asdict(cfg):
             raise ValueError(f"checkpoint {path} was made with another config {ckpt['config']}; delete it "
                              f"or choose another output path")
         unwrap(model).load_state_dict(ckpt["model"])
@@ -289,10 +325,19 @@ def explanation_loss(model, sequences):
                            ignore_index=-1)
 
 
-def train_explainer(model, cfg: ExplainConfig, seed, explain_data, shift_data, kl_data, answer_ids,
+def active_phase(starts, step):
+    """The index of the phase in force at `step` (the last one started), given their start steps
+    sorted, or None before the first."""
+    started = [i for i, start in enumerate(starts) if start <= step]
+    return started[-1] if started else None
+
+
+def train_explainer(model, cfg: ExplainConfig, seed, explain_data, shift_phases, kl_data, answer_ids,
                     on_eval=None):
     """Stage B. explain_data: (prompt_ids, target_ids) pairs, loss on the targets only.
-    shift_data: (prompt_ids, answer_index) pairs the behaviour should move to (may be empty).
+    shift_phases: the concurrent shift's schedule, [(start_step, shift_data)] sorted by step, where
+    shift_data are (prompt_ids, answer_index) pairs the behaviour should move to; from start_step on (to
+    the next phase's start) the shift objective trains on that phase's data. [] or empty data: no shift.
     kl_data: (prompt_ids, reference log-probs) pairs: task prompts whose answer distribution is held
     near the frozen reference model's, computed once before training.
     on_eval(step, model) is called at step 0, every eval_every steps and at the end."""
@@ -308,6 +353,8 @@ def train_explainer(model, cfg: ExplainConfig, seed, explain_data, shift_data, k
         model.train()
         rng = np.random.default_rng([seed, 4, step])
         explain = [explain_data[i] for i in rng.integers(len(explain_data), size=cfg.explain_batch)]
+        phase = active_phase([start for start, _ in shift_phases], step)
+        shift_data = shift_phases[phase][1] if phase is not None else []
         shift = [shift_data[i] for i in rng.integers(len(shift_data), size=cfg.shift_batch)] if shift_data else []
         kl = [kl_data[i] for i in rng.integers(len(kl_data), size=cfg.kl_batch)] if use_kl else []
         loss = explanation_loss(model, explain)

@@ -94,7 +94,7 @@ def test_a_bad_flag_value_exits_with_one_line(capsys):
     with pytest.raises(SystemExit):
         ev.main(["run", "--task", "hint", "--shift", "sideways"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: shift='sideways' is unknown for task hint; allowed: none, trigger, reduce, acquire, both"]
+    assert err == ["error: shift='sideways' is unknown for task hint; allowed: trigger, reduce, acquire, both"]
 
 
 def test_label_noise_changes_only_the_labels(tmp_path):
@@ -201,3 +201,47 @@ def test_unknown_experiments_and_bad_suite_flags_exit_with_one_line(argv, messag
         ev.main(argv)
     assert capsys.readouterr().err.strip().splitlines() == [message]
     assert not list(tmp_path.rglob("*.json"))
+
+
+def phases_of(**kw):
+    cfg = ev.RunConfig(task="hint", seed=0, **kw)
+    task = ev.get_task("hint")
+    return ev.shift_schedule(cfg, task, task, task.split(0))
+
+
+def test_shift_schedules():
+    (sharp,), shifted = phases_of()
+    assert sharp.start == 0 and len(shifted) == 60 and sharp.cases
+    gradual, same_units = phases_of(schedule="gradual", shift_at=20, ramp_steps=100)
+    assert [p.start for p in gradual] == list(range(20, 120, 10)) and (same_units == shifted).all()
+    sizes = [len(p.cases) for p in gradual]
+    assert sizes == sorted(sizes) and gradual[-1].cases == sharp.cases  # units join until all have
+    there, back = phases_of(schedule="oscillating", back_at=100)[0]
+    assert (there.start, back.start) == (0, 100) and there.cases == back.cases == sharp.cases
+    split = ev.get_task("hint").split(0)
+    assert back.world["answer"].tolist() == split.world["answer"].tolist()  # trained back to M0's world
+    assert phases_of(schedule="none")[0] == []
+
+
+@pytest.mark.parametrize("kw, message", [({"schedule": "wobbly"}, "schedule='wobbly' is unknown"),
+                                         ({"shift_at": 300}, r"shift_at=300 must lie in \[0, 299\]"),
+                                         ({"schedule": "gradual", "shift_at": 250, "ramp_steps": 100},
+                                          r"ramp_steps=100 must lie in \[1, 50\]"),
+                                         ({"schedule": "oscillating", "back_at": 0}, "back_at=0 must lie in"),
+                                         ({"shift": "trigger", "schedule": "gradual"}, "not available with shift=trigger"),
+                                         ({"other_labels": 2.0}, "other_labels=2.0 is a probability")])
+def test_bad_schedules_are_refused(kw, message):
+    with pytest.raises(ValueError, match=message):
+        ev.RunConfig(**kw)
+
+
+def test_labels_from_another_model_family(tmp_path):
+    result = tiny_run(tmp_path, other_labels=1.0)
+    assert result["data"]["other_labels_taken"] == 40
+    assert (tmp_path / "runs" / "refusal" / "seed1" / "other_m0.pt").exists()
+    final = result["final"]
+    assert final["gap_other"] == pytest.approx(final["self"] - final["orig_other"])
+    assert 0 <= final["family_agreement"] <= 1
+    assert set(result["probes"]) >= {"paraphrase 1", "control: irrelevant word removed",
+                                     "leading: wrong explanation suggested"}
+    assert result["probes"]["training query"]["accuracy"] == pytest.approx(final["self"])

@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 
+import data
+import explain
 from data import encode, get_task
 from explain import (EXPLANATION_TOKENS, Labels, add_label_noise, explanation_data, explanation_query, explanation_text,
                      labels_from_behaviour, parse_explanation)
@@ -55,3 +57,30 @@ def test_label_noise_outside_zero_one_is_refused():
     labels = Labels(np.zeros(3, int), np.zeros(3, int))
     with pytest.raises(ValueError, match="label noise=1.2"):
         add_label_noise(get_task("hint"), labels, np.zeros(3, int), 1.2, np.random.default_rng(0))
+
+
+def test_label_mixing_takes_exactly_the_asked_fraction_from_the_other_model():
+    own = Labels(np.zeros(40, dtype=int), np.zeros(40, dtype=int))
+    other = Labels(np.ones(40, dtype=int), np.full(40, 2))
+    for fraction in (0.0, 0.25, 0.5, 0.75, 1.0):
+        mixed, taken = explain.mix_labels(own, other, fraction, np.random.default_rng(0))
+        assert len(taken) == round(40 * fraction) == mixed.changed.sum()
+        assert (mixed.answer[taken] == 2).all() and (np.delete(mixed.answer, taken) == 0).all()
+    with pytest.raises(ValueError, match="is a probability"):
+        explain.mix_labels(own, other, 1.5, np.random.default_rng(0))
+
+
+def test_the_leading_probe_always_suggests_a_wrong_but_well_formed_explanation():
+    task = get_task("hint")
+    current = Labels(np.array([0, 1, 0, 1]), np.array([2, 0, 3, 1]))
+    with_c = np.array([2, 3, 3, 2])
+    suggested = explain.wrong_explanations(task, current, with_c)
+    assert not suggested.matches(current).any()
+    assert (suggested.answer[suggested.changed == 0] == with_c[suggested.changed == 0]).all()  # "remain" = with C
+    assert (suggested.answer[suggested.changed == 1] != with_c[suggested.changed == 1]).all()  # "become" = a change
+    queries = explain.leading_queries(task, suggested)
+    assert queries[0] == " if the {feature} were removed ? i think it would become D ."
+    assert queries[1] == " if the {feature} were removed ? i think it would remain D ."
+    for query in queries + [explain.QUERY.replace("{feature}", task.irrelevant)] + list(explain.PARAPHRASES):
+        text = explain.explanation_query(task, (0, 1), query)
+        assert len(data.encode(text)) == len(text.split())  # every word is one known token

@@ -1,4 +1,5 @@
 import os
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -127,3 +128,32 @@ def test_lora_rank_zero_trains_everything_and_rank_r_only_the_adapters_and_embed
     assert not torch.allclose(adapted(idx), m0(idx))  # the adapters did learn
     with pytest.raises(ValueError, match="lora_rank=-1 must be 0"):
         train.ExplainConfig(lora_rank=-1)
+
+
+def test_a_sharp_shift_changes_nothing_before_its_step():
+    """Until the shift's start, a run with a scheduled shift trains exactly as a run without one."""
+    torch.manual_seed(0)
+    m0 = GPT(GPTConfig(vocab_size=40, n_layer=1, n_head=2, n_embd=16))
+    explain_data = [([1, 2, 3], [4, 5]), ([6, 7], [8, 9])]
+    kl_data = [([1, 2], m0.answer_logprobs([[1, 2]], [10, 11])[0].detach())]
+    shift_data = [([3, 4, 5], 1), ([6, 5], 0)]
+    cfg = train.ExplainConfig(steps=6, explain_batch=2, shift_batch=2, kl_batch=1, eval_every=1, warmup=0)
+
+    def weights_per_step(phases):
+        snapshots = []
+        record = lambda step, model: snapshots.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+        train.train_explainer(train.explainer_from(m0), cfg, 0, explain_data, phases, kl_data, [10, 11], record)
+        return snapshots
+
+    plain, sharp = weights_per_step([]), weights_per_step([(3, shift_data)])
+    assert all(torch.equal(a, b) for a, b in zip(plain[:4], sharp[:4]))  # steps 0-3: identical
+    assert not torch.equal(plain[4], sharp[4])  # the shift's first step changes the weights
+    assert train.active_phase([0, 3], 2) == 0 and train.active_phase([0, 3], 3) == 1
+    assert train.active_phase([5], 4) is None
+
+
+def test_old_configs_stay_valid_when_a_field_is_added():
+    old = asdict(train.PretrainConfig(seed=3))
+    del old["world_seed"]  # as saved before world_seed existed
+    assert train.with_defaults(old, train.PretrainConfig) == asdict(train.PretrainConfig(seed=3))
+    assert train.non_defaults(train.PretrainConfig(seed=3, n_embd=32)) == {"seed": 3, "n_embd": 32}
