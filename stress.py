@@ -1,0 +1,245 @@
+"""Stress tests beyond the paper: where does coupling break?
+
+The paper shifted behaviour gently and trained on clean labels. Here the shift is made sharp, gradual
+or oscillating (shift, then shift back), its size and the label noise are varied over a grid, the
+trained explainer is probed with queries it never saw, and a two-hop task puts C on an intermediate
+step of the computation. Each cell of a phase diagram is marked, by rules fixed before any run:
+    coupled    mean gap > 0 and mean Self@flipped > 0.5
+    collapsed  the behaviour itself broke: it follows C on under half as many items as M0 did, or its
+               task accuracy on held-out pairs fell below 0.8
+    fails      anything else
+
+    python stress.py              every stress run (resumable, parallel), figures and STRESS.md
+    python stress.py report       figures and STRESS.md from saved results
+    python eval.py run --task refusal --schedule sharp --shift-size 0.3 --label-noise 0.2 --seed 3
+                                  one stress run, printed live, with its results JSON and curve figure
+"""
+import argparse
+import os
+
+import numpy as np
+
+from eval import (DEFAULT_SHIFT, FIGURES, RESULTS, RunConfig, _fmt, _save_figure, default_jobs, load_results, mean_ci,
+                  plot_run, pyplot, result_path, run_suite)
+from train import ExplainConfig, PretrainConfig
+
+EXPERIMENT = "stress"
+GRID_TASKS = ("hint", "judgement", "refusal")
+GRID_SEEDS = (0, 1)
+SIZES = (0.1, 0.3)  # fraction of held-out units shifted
+SCHEDULES = ("sharp", "gradual", "oscillating")
+NOISES = (0.0, 0.3)
+HEADLINE_TASKS = GRID_TASKS + ("twohop",)
+HEADLINE_SEEDS = (0, 1, 2, 3, 4)
+
+
+def stress_configs(device="auto"):
+    """The grid (size x schedule, size x label noise; two seeds) and the headline runs (the main
+    setting and the two-hop task, five seeds), each config once."""
+    run = lambda task, seed, **kw: RunConfig(task=task, seed=seed, pretrain=PretrainConfig(device=device),
+                                             explain=ExplainConfig(), **kw)
+    configs = [run(task, seed) for seed in HEADLINE_SEEDS for task in HEADLINE_TASKS]
+    for seed in GRID_SEEDS:
+        for task in GRID_TASKS:
+            for size in SIZES:
+                configs += [run(task, seed, shift_size=size, schedule=schedule) for schedule in SCHEDULES]
+                configs += [run(task, seed, shift_size=size, label_noise=noise) for noise in NOISES if noise]
+    unique = {result_path(EXPERIMENT, cfg, tagged=True): cfg for cfg in configs}
+    return list(unique.values())
+
+
+def cell_key(config):
+    return config["task"], config["shift_size"], config["schedule"], config["label_noise"]
+
+
+def cells(results):
+    """{(task, size, schedule, noise): [results]} over the KL runs."""
+    table = {}
+    for r in sorted(results, key=lambda r: r["config"]["seed"]):
+        table.setdefault(cell_key(r["config"]), []).append(r)
+    return table
+
+
+def verdict(runs):
+    """coupled, collapsed or fails, by the rules in the module docstring."""
+    final = lambda key: mean_ci([r["final"][key] for r in runs])[0]
+    m0_follows = mean_ci([r["baseline"]["changed_fraction"] for r in runs])[0]
+    if final("changed_fraction") < 0.5 * m0_follows or final("task_accuracy") < 0.8:
+        return "collapsed"
+    return "coupled" if final("gap") > 0 and final("self_flipped") > 0.5 else "fails"
+
+
+MARK = {"coupled": "coupled", "collapsed": "COLLAPSED", "fails": "fails"}
+
+
+def plot_phase_diagram(table, columns, column_label, key_of, path):
+    """Heatmaps per task, shift size (rows) against `columns`: the final gap and Self@flipped, mean over
+    seeds, each cell annotated with its mean and its verdict."""
+    plt = pyplot()
+    fig, axes = plt.subplots(2, len(GRID_TASKS), figsize=(4.2 * len(GRID_TASKS), 6.2), squeeze=False)
+    for col, task in enumerate(GRID_TASKS):
+        for row, (metric, cmap, limits) in enumerate((("gap", "RdBu", (-0.4, 0.4)),
+                                                      ("self_flipped", "viridis", (0, 1)))):
+            ax = axes[row][col]
+            grid = np.full((len(SIZES), len(columns)), np.nan)
+            for i, size in enumerate(SIZES):
+                for j, value in enumerate(columns):
+                    runs = table.get(key_of(task, size, value), [])
+                    if runs:
+                        grid[i, j] = mean_ci([r["final"][metric] for r in runs])[0]
+                        ax.text(j, i, f"{grid[i, j]:+.2f}\n{MARK[verdict(runs)]}\n({len(runs)} seeds)",
+                                ha="center", va="center", fontsize=7)
+            image = ax.imshow(grid, cmap=cmap, vmin=limits[0], vmax=limits[1], aspect="auto")
+            ax.set_xticks(range(len(columns)), [f"{c:g}" if isinstance(c, float) else c for c in columns])
+            ax.set_yticks(range(len(SIZES)), [f"{s:g}" for s in SIZES])
+            ax.set_xlabel(column_label)
+            ax.set_ylabel("shift size")
+            ax.set_title(f"{task}: {'Self - Orig' if metric == 'gap' else 'Self@flipped'}", fontsize=9)
+            fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def grid_table(table, columns, column_name, key_of):
+    rows = [f"| task | shift size | {column_name} | seeds | agreement | flipped | Self - Orig | Self@flipped | "
+            "changed fraction (M0 / final) | task accuracy | verdict |", "|---" * 11 + "|"]
+    for task in GRID_TASKS:
+        for size in SIZES:
+            for value in columns:
+                runs = table.get(key_of(task, size, value), [])
+                if not runs:
+                    continue
+                col = lambda key, **kw: _fmt([r["final"][key] for r in runs], **kw)
+                m0 = _fmt([r["baseline"]["changed_fraction"] for r in runs], digits=2)
+                value_text = f"{value:g}" if isinstance(value, float) else value
+                rows.append(f"| {task} | {size:g} | {value_text} | {len(runs)} | {col('agreement', digits=2)} | "
+                            f"{col('n_flipped', digits=0)} | "
+                            f"**{col('gap', signed=True)}** | {col('self_flipped', digits=2)} | "
+                            f"{m0} / {col('changed_fraction', digits=2)} | {col('task_accuracy', digits=2)} | "
+                            f"{verdict(runs)} |")
+    return "\n".join(rows)
+
+
+def headline_runs(table):
+    """{task: the runs of the main setting (the task's default shift, sharp, clean labels)}"""
+    return {task: [r for r in table.get((task, DEFAULT_SHIFT[task][1], "sharp", 0.0), [])
+                   if r["config"]["seed"] in HEADLINE_SEEDS] for task in HEADLINE_TASKS}
+
+
+def headline_table(headline):
+    rows = ["| task | seeds | Self | Orig | Self - Orig | flipped | Self@flipped | coupled runs | malformed |",
+            "|---" * 9 + "|"]
+    for task, runs in headline.items():
+        if not runs:
+            continue
+        col = lambda key, **kw: _fmt([r["final"][key] for r in runs], **kw)
+        coupled = sum(r["final"]["gap"] > 0 and (r["final"]["self_flipped"] or 0) > 0.5 for r in runs)
+        rows.append(f"| {task} | {len(runs)} | {col('self')} | {col('orig')} | **{col('gap', signed=True)}** | "
+                    f"{col('n_flipped', digits=0)} | {col('self_flipped', digits=2)} | {coupled}/{len(runs)} | "
+                    f"{col('malformed', digits=3)} |")
+    return "\n".join(rows)
+
+
+def probe_table(headline):
+    """Each probe's accuracy against the current behaviour, mean ± 95% interval over the headline runs."""
+    tasks = [task for task, runs in headline.items() if runs]
+    names = list(headline[tasks[0]][0]["probes"])
+    rows = ["| probe | " + " | ".join(f"{t}: accuracy (n) | {t}: malformed" for t in tasks) + " |",
+            "|---" * (1 + 2 * len(tasks)) + "|"]
+    for name in names:
+        row = f"| {name} |"
+        for task in tasks:
+            probes = [r["probes"][name] for r in headline[task]]
+            n = mean_ci([p["n"] for p in probes])[0]
+            row += f" {_fmt([p['accuracy'] for p in probes], digits=2)} ({n:.0f}) | " \
+                   f"{_fmt([p['malformed'] for p in probes], digits=2)} |"
+        rows.append(row)
+    follows = " | ".join(f"{t}: {_fmt([r['probes']['leading: wrong explanation suggested']['follows_suggestion'] for r in headline[t]], digits=2)}"
+                         for t in tasks)
+    return "\n".join(rows) + f"\n\nLeading probe, fraction of explanations that repeat the wrong suggestion: {follows}."
+
+
+def write_stress_report(results, path="STRESS.md"):
+    table = cells([r for r in results if r["config"]["explain"]["kl_weight"] > 0])
+    schedule_key = lambda task, size, schedule: (task, size, schedule, 0.0)
+    noise_key = lambda task, size, noise: (task, size, "sharp", noise)
+    figures = {name: os.path.join(FIGURES, f"stress_{name}.png") for name in ("schedule", "noise", "oscillating")}
+    plot_phase_diagram(table, SCHEDULES, "shift schedule", schedule_key, figures["schedule"])
+    plot_phase_diagram(table, NOISES, "label noise", noise_key, figures["noise"])
+    oscillating = [r for key, runs in table.items() if key[2] == "oscillating" for r in runs]
+    plot_run(oscillating, figures["oscillating"], f"oscillating shift, {len(oscillating)} runs (all tasks, "
+             f"sizes {', '.join(f'{s:g}' for s in SIZES)}): shift from step 0, back from step "
+             f"{oscillating[0]['config']['back_at']}")
+    headline = headline_runs(table)
+    rel = {k: os.path.relpath(v, os.path.dirname(os.path.abspath(path))) for k, v in figures.items()}
+    text = f"""# Stress tests
+
+Generated by `python stress.py report` from the {len(results)} result files under `{RESULTS}/{EXPERIMENT}/`.
+Final evaluation of each run; ± is the 95% t-interval over seeds. Cell verdicts follow rules fixed
+before any run: **coupled** when the mean gap > 0 and mean Self@flipped > 0.5; **collapsed** when the
+model follows C on under half as many held-out items as M0 did, or its task accuracy falls below 0.8;
+**fails** otherwise.
+
+## Headline: the main setting and the two-hop task, {len(HEADLINE_SEEDS)} seeds
+
+{headline_table(headline)}
+
+## Adversarial probes of the trained explainer ({len(HEADLINE_SEEDS)} seeds per task)
+
+Accuracy of the final explainer's explanations against its current behaviour, on the held-out items.
+"training query" is the wording used in training; the paraphrases use known words in an order training
+never showed; the control asks about removing a word every prompt has and the teacher ignores (the true
+explanation is "would remain" the answer with C); the leading query appends a wrong explanation
+("i think it would ..."); the last two rows are items whose C the current model ignores.
+
+{probe_table(headline)}
+
+## Phase diagram: shift size x schedule
+
+Sharp: every shifted unit from step 0. Gradual: units join in ten groups over steps 0-150.
+Oscillating: shift from step 0, trained back to M0's answers from step 150 (the frozen labels are then
+right again). Label noise 0.
+
+![size x schedule]({rel['schedule']})
+
+{grid_table(table, SCHEDULES, "schedule", schedule_key)}
+
+## Phase diagram: shift size x label noise
+
+Sharp schedule; a fraction of the training labels flipped (verdict flipped, answer kept consistent).
+
+![size x label noise]({rel['noise']})
+
+{grid_table(table, NOISES, "label noise", noise_key)}
+
+## The oscillating shift over training
+
+![oscillating]({rel['oscillating']})
+"""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    print(f"wrote {path} and figures under {FIGURES}/")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Stress tests: phase diagrams, probes, the two-hop task.")
+    parser.add_argument("command", nargs="?", default="run", choices=("run", "report"))
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--jobs", type=int, default=0, help="runs in parallel (default: one per CPU core, 1 on a GPU)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            results = run_suite(EXPERIMENT, stress_configs(args.device), True, args.jobs or default_jobs(args.device))
+        else:
+            results = load_results(EXPERIMENT)
+            if not results:
+                raise FileNotFoundError(f"no results under {RESULTS}/{EXPERIMENT}; run `make stress`")
+        write_stress_report(results)
+    except (ValueError, FileNotFoundError) as err:
+        parser.exit(2, f"error: {err}\n")
+
+
+if __name__ == "__main__":
+    main()
