@@ -1,0 +1,141 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from data import encode, get_task, token_id
+from explain import QUERY, explanation_query
+from patching import component_names, effect, patched_metrics, patching_effects, plot_patching
+from train import PretrainConfig, new_model, pretrain
+
+TASK = get_task("hint")
+ITEMS = [(0, 1), (5, 2), (17, 3), (42, 1), (99, 2)]  # (entity, hint): cases with C
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return new_model(PretrainConfig(n_layer=2, n_embd=32, n_head=2), "cpu").eval()
+
+
+def behaviour_pairs():
+    """Clean (with C) and source (without C) task prompts, and arbitrary answer pairs to compare."""
+    clean = [TASK.encode(c) for c in ITEMS]
+    source = [TASK.encode(TASK.without_feature(c)) for c in ITEMS]
+    answer_ids = np.array(TASK.answer_ids)
+    return clean, source, encode(TASK.slot), answer_ids[[1, 2, 3, 1, 2]], answer_ids[[0, 0, 0, 2, 3]]
+
+
+def hooks(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_patching_a_run_into_itself_changes_nothing(model):
+    clean, _, suffix, plus, minus = behaviour_pairs()
+    m_clean, m_source, patched = patched_metrics(model, clean, clean, suffix, plus, minus)
+    assert np.array_equal(m_clean, m_source)
+    assert list(patched) == component_names(model)
+    for name, m in patched.items():
+        assert np.array_equal(m, m_clean), name
+
+
+def test_patched_metrics_match_an_unhooked_forward_pass(model):
+    clean, source, suffix, plus, minus = behaviour_pairs()
+    m_clean, m_source, _ = patched_metrics(model, clean, source, suffix, plus, minus)
+    for prompts, m in ((clean, m_clean), (source, m_source)):
+        logits = torch.stack([model(torch.tensor([p]))[0, -1] for p in prompts]).detach()
+        expected = logits[torch.arange(len(prompts)), plus] - logits[torch.arange(len(prompts)), minus]
+        assert np.allclose(m, expected.numpy(), atol=1e-5)
+    assert not np.allclose(m_clean, m_source)  # removing the hint moves the metric: the test can fail
+
+
+@pytest.mark.parametrize("batch_size", [2, 256])
+def test_patching_the_last_residual_stream_reproduces_the_source(model, batch_size):
+    clean, source, suffix, plus, minus = behaviour_pairs()
+    m_clean, m_source, patched = patched_metrics(model, clean, source, suffix, plus, minus, batch_size)
+    last = f"L{len(model.blocks) - 1} resid"
+    assert np.allclose(patched[last], m_source, atol=1e-5)
+    assert effect(m_clean, m_source, patched[last]) == pytest.approx(1.0, abs=1e-4)
+    assert not np.allclose(patched["L0 attn"], m_source, atol=1e-5)  # an early component alone does not
+
+
+def test_explanation_prompts_share_the_query_suffix(model):
+    suffix = encode(QUERY.format(feature=TASK.feature) + " would")
+    clean = [encode(explanation_query(TASK, c) + " would") for c in ITEMS]
+    source = [encode(explanation_query(TASK, TASK.without_feature(c)) + " would") for c in ITEMS]
+    plus, minus = [token_id("become")] * len(ITEMS), [token_id("remain")] * len(ITEMS)
+    m_clean, m_source, patched = patched_metrics(model, clean, source, suffix, plus, minus)
+    assert np.allclose(patched[f"L{len(model.blocks) - 1} resid"], m_source, atol=1e-5)
+
+
+def test_no_hooks_remain_afterwards_even_after_an_error(model):
+    clean, source, suffix, plus, minus = behaviour_pairs()
+    before = hooks(model)
+    patched_metrics(model, clean, source, suffix, plus, minus)
+    patching_effects(model, TASK, ITEMS)
+    assert hooks(model) == before
+
+    def fail(module, inputs, output):
+        raise RuntimeError("boom")
+
+    failing = model.ln_f.register_forward_hook(fail)  # fails inside the first hooked forward pass
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            patched_metrics(model, clean, source, suffix, plus, minus)
+    finally:
+        failing.remove()
+    assert hooks(model) == before
+
+
+def test_prompts_without_the_common_suffix_are_refused(model):
+    clean, source, suffix, plus, minus = behaviour_pairs()
+    with pytest.raises(ValueError, match="must end with the suffix"):
+        patched_metrics(model, clean, [p[:-1] for p in source], suffix, plus, minus)
+    with pytest.raises(ValueError, match="one entry per item"):
+        patched_metrics(model, clean, source[:-1], suffix, plus, minus)
+
+
+def test_effect_is_nan_without_items_or_without_a_difference():
+    assert math.isnan(effect(np.zeros(0), np.zeros(0), np.zeros(0)))
+    assert math.isnan(effect(np.ones(3), np.ones(3) + 1e-9, np.ones(3)))
+    assert effect(np.array([0.0, 2.0]), np.array([4.0, 6.0]), np.array([1.0, 3.0])) == pytest.approx(0.25)
+
+
+def test_no_items_gives_nan_effects_not_an_exception(model):
+    result = patching_effects(model, TASK, [])
+    assert result["n_items"] == 0
+    assert result["components"] == component_names(model)
+    assert all(math.isnan(v) for v in result["behaviour"] + result["explanation"])
+
+
+def test_patching_effects_on_a_briefly_trained_model(tmp_path_factory):
+    """A random model gives the same answer with and without the hint; after 100 steps the hint decides
+    the answer for entities without a taught one, so some items change."""
+    cfg = PretrainConfig(task="hint", steps=100, batch_size=64, warmup=20, n_embd=32, n_head=2)
+    trained, _ = pretrain(cfg, str(tmp_path_factory.mktemp("m0") / "m0.pt"), log=lambda *a: None)
+    items = TASK.split(0, 50, 200).eval_items
+    result = patching_effects(trained, TASK, items, max_items=20)
+    assert result["n_items"] == 20
+    assert set(result) >= {"n_items", "components", "behaviour", "explanation"}
+    last = result["components"].index(f"L{len(trained.blocks) - 1} resid")
+    assert result["behaviour"][last] == pytest.approx(1.0, abs=1e-4)
+    assert result["explanation"][last] == pytest.approx(1.0, abs=1e-4)
+    # At layer 0 the suffix tokens are the same in both runs, so C can reach them only through attention:
+    # patching L0's attention output is patching its whole residual stream.
+    assert result["behaviour"][0] == pytest.approx(result["behaviour"][2], abs=1e-6)
+    assert json.dumps(result) == json.dumps(patching_effects(trained, TASK, items, max_items=20))  # deterministic
+
+
+def test_plot_patching_draws_one_panel_per_task(tmp_path):
+    names = ["L0 attn", "L0 mlp", "L0 resid"]
+    results = [{"config": {"task": task, "seed": seed},
+                "patching": {"n_items": 3, "components": names, "behaviour": [0.1, None, 1.0],
+                             "explanation": [0.2, 0.5, 1.0]}}
+               for task in ("hint", "refusal") for seed in (0, 1)]
+    path = tmp_path / "figures" / "patching.png"
+    plot_patching(results, str(path))
+    assert path.stat().st_size > 0
+    with pytest.raises(ValueError, match="no result holds patching"):
+        plot_patching([{"config": {"task": "hint", "seed": 0}}], str(path))
