@@ -136,7 +136,8 @@ class RunConfig:
 
 
 # The concurrent shift each task uses by default (direction, fraction of held-out units).
-DEFAULT_SHIFT = {"hint": ("reduce", 0.2), "judgement": ("flip", 0.3), "refusal": ("reduce", 0.2)}
+DEFAULT_SHIFT = {"hint": ("reduce", 0.2), "judgement": ("flip", 0.3), "refusal": ("reduce", 0.2),
+                 "twohop": ("reduce", 0.2)}
 
 
 def provenance():
