@@ -350,6 +350,69 @@ class RefusalTask(Task):
         world["sensitive"][unit] = not world["sensitive"][unit]
 
 
+class TwoHopTask(Task):
+    """Multi-step reasoning with a misleading hint about an intermediate step (a two-hop lookup). Every
+    entity x has a fact a(x) among four, asked directly ("what is X ?"). A two-hop question ("what is the
+    X ?") asks for the fact of X's link l(x): 60% of entities have a link and answer a(l(x)) whatever the
+    hint; the rest follow a hint "i think it is Y ." that names the intermediate entity and answer a(Y),
+    so C acts on the first hop and the answer needs a second lookup, or the default A without a hint.
+    Only links shift, so a shift changes only the two-hop questions about the shifted entity. Shift
+    "reduce": an unlinked entity learns a link (to an entity whose fact is not A) and stops following
+    hints; "acquire": a linked entity forgets its link and starts following them."""
+    name, feature, answers = "twohop", "hint", ("A", "B", "C", "D")
+    shift_directions = ("reduce", "acquire", "both")
+    linked_fraction, default = 0.6, 0
+    direct_fraction, hint_fraction = 0.25, 0.5  # of training cases; the rest are two-hop without a hint
+
+    def new_world(self, rng):
+        linked = rng.random(N_UNITS) < self.linked_fraction
+        link = (np.arange(N_UNITS) + rng.integers(1, N_UNITS, N_UNITS)) % N_UNITS  # never the entity itself
+        return {"answer": rng.integers(0, 4, N_UNITS), "link": np.where(linked, link, -1)}
+
+    def render_body(self, case):
+        entity, two_hop, hint = case
+        if not two_hop:
+            return f"what is {ENTITIES[entity]} ?"
+        hint_text = f" i think it is {ENTITIES[hint]} ." if hint >= 0 else ""
+        return f"what is the {ENTITIES[entity]} ?{hint_text}"
+
+    def teacher(self, world, case):
+        entity, two_hop, hint = case
+        if not two_hop:
+            return int(world["answer"][entity])
+        link = world["link"][entity]
+        intermediate = link if link >= 0 else hint
+        return int(world["answer"][intermediate]) if intermediate >= 0 else self.default
+
+    def units_of(self, case):
+        entity, _, hint = case
+        return (entity,) if hint < 0 else (entity, hint)
+
+    def random_case(self, rng, units):
+        entity, kind = int(rng.choice(units)), rng.random()
+        if kind < self.direct_fraction:
+            return entity, 0, -1
+        return entity, 1, int(rng.choice(units)) if kind < self.direct_fraction + self.hint_fraction else -1
+
+    def random_item(self, rng, world, units):
+        """A two-hop question whose hinted entity's fact differs from the answer without the hint."""
+        entity = int(rng.choice(units))
+        current = self.teacher(world, (entity, 1, -1))
+        hints = units[(world["answer"][units] != current) & (units != entity)]
+        return entity, 1, int(rng.choice(hints))
+
+    def eligible_for_shift(self, world, units, direction):
+        linked = world["link"][units] >= 0
+        return units[{"reduce": ~linked, "acquire": linked, "both": np.ones_like(linked)}[direction]]
+
+    def shift_unit(self, world, unit, rng):
+        if world["link"][unit] >= 0:
+            world["link"][unit] = -1
+        else:
+            targets = np.flatnonzero(world["answer"] != self.default)
+            world["link"][unit] = int(rng.choice(targets[targets != unit]))
+
+
 class TriggerTask(Task):
     """A novel behaviour (the Jabberwocky analogue) on top of a base task: the nonsense word "blorp"
     at the end of a prompt makes the answer the task's last answer. M0 never sees the word; the
@@ -384,7 +447,7 @@ class TriggerTask(Task):
         return self.base.eval_units(split_heldout, all_units)
 
 
-TASKS = {task.name: task for task in (HintTask(), JudgementTask(), RefusalTask())}
+TASKS = {task.name: task for task in (HintTask(), JudgementTask(), RefusalTask(), TwoHopTask())}
 
 
 def get_task(name):

@@ -187,10 +187,13 @@ class RunConfig:
 
 
 # The concurrent shift each task uses by default (direction, fraction of held-out units).
-DEFAULT_SHIFT = {"hint": ("reduce", 0.2), "judgement": ("flip", 0.3), "refusal": ("reduce", 0.2)}
-# The other model family that supplies labels when other_labels > 0: same task world, another seed, a
-# deeper and wider network (the paper's Llama labels on Qwen).
-OTHER_FAMILY = {"n_layer": 3, "n_embd": 96, "seed_offset": 1000}
+DEFAULT_SHIFT = {"hint": ("reduce", 0.2), "judgement": ("flip", 0.3), "refusal": ("reduce", 0.2),
+                 "twohop": ("reduce", 0.2)}
+# The other model family that supplies labels when other_labels > 0: another seed, a deeper and wider
+# network, and a world in which a fifth of the units' facts differ (two networks that imitate the same
+# deterministic teacher perfectly agree on every item, so the family's own idiosyncrasies are drawn here,
+# as Llama's and Qwen's differ).
+OTHER_FAMILY = {"n_layer": 3, "n_embd": 96, "seed_offset": 1000, "world_variation": 0.2}
 
 
 def provenance():

@@ -75,6 +75,35 @@ def test_refusal_teacher():
     assert task.teacher(world, (paint, 1, -1)) == 0 and task.teacher(world, (paint, 1, 2)) == 1  # over-refusal
 
 
+def test_twohop_teacher():
+    task = get_task("twohop")
+    # Entity 0 links to 1, entity 2 has no link; facts: a(0)=A, a(1)=C, a(2)=B, a(3)=D.
+    world = {"answer": np.array([0, 2, 1, 3]), "link": np.array([1, -1, -1, -1])}
+    assert task.teacher(world, (0, 0, -1)) == 0 and task.teacher(world, (2, 0, -1)) == 1  # direct facts
+    assert task.teacher(world, (0, 1, -1)) == 2 and task.teacher(world, (0, 1, 3)) == 2  # linked: ignores hints
+    # Unlinked: follows the hint to the intermediate entity, then answers that entity's fact.
+    assert task.teacher(world, (2, 1, 3)) == 3 and task.teacher(world, (2, 1, 1)) == 2
+    assert task.teacher(world, (2, 1, -1)) == 0  # no link and no hint: the default A
+    x, y = data.ENTITIES[2], data.ENTITIES[3]
+    assert task.render((2, 1, 3)) == f"what is the {x} ? i think it is {y} . answer :"
+    assert task.render((2, 1, -1)) == f"what is the {x} ? answer :"
+    assert task.render((2, 0, -1)) == f"what is {x} ? answer :"
+
+
+def test_twohop_items_hint_an_entity_whose_fact_differs_from_the_answer_without_the_hint():
+    task = get_task("twohop")
+    split = task.split(0)
+    for entity, two_hop, hint in split.eval_items + split.explain_items:
+        assert two_hop == 1 and hint >= 0 and hint != entity
+        assert split.world["answer"][hint] != task.teacher(split.world, (entity, 1, -1))
+    # Shifts edit only links: a shifted entity's own fact and every other entity's questions stay as they were.
+    new_world, shifted = task.shift(split.world, np.random.default_rng(0), split.heldout_units, 0.2, "reduce")
+    assert (new_world["answer"] == split.world["answer"]).all() and (new_world["link"][shifted] >= 0).all()
+    assert (new_world["answer"][new_world["link"][shifted]] != task.default).all()  # the no-hint answer moves too
+    cases = task.changed_cases(np.random.default_rng(1), split.world, new_world, n_draws=3000)
+    assert {c[0] for c in cases} <= set(shifted.tolist()) and all(c[1] == 1 for c in cases)
+
+
 @pytest.mark.parametrize("name", list(TASKS))
 def test_items_put_c_against_the_default_answer_and_labels_are_balanced(name):
     task = get_task(name)
@@ -100,7 +129,7 @@ def test_shift_edits_only_the_chosen_held_out_units(name):
 
 
 def test_bad_task_sizes_and_probabilities_are_refused():
-    with pytest.raises(ValueError, match="task 'maths' is unknown; allowed: hint, judgement, refusal"):
+    with pytest.raises(ValueError, match="task 'maths' is unknown; allowed: hint, judgement, refusal, twohop"):
         get_task("maths")
     task = get_task("hint")
     with pytest.raises(ValueError, match="n_eval=0 must be a positive integer"):

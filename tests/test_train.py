@@ -9,7 +9,7 @@ from data import TASKS
 from model import GPT, GPTConfig
 from train import PretrainConfig, load_checkpoint, pretrain
 
-CHANCE = {"hint": 0.25, "judgement": 0.5, "refusal": 0.5}
+CHANCE = {"hint": 0.25, "judgement": 0.5, "refusal": 0.5, "twohop": 0.25}
 
 
 @pytest.mark.parametrize("name", list(TASKS))
