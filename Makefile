@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEVICE ?= auto
 
-.PHONY: test reproduce reproduce-all quick report bench clean
+.PHONY: test reproduce reproduce-all stress quick report bench clean
 
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,11 +20,15 @@ reproduce: $(VENV)/installed
 reproduce-all: $(VENV)/installed
 	$(PY) eval.py reproduce-all --device $(DEVICE)
 
+stress: $(VENV)/installed
+	$(PY) stress.py --device $(DEVICE)
+
 quick: $(VENV)/installed
 	$(PY) eval.py quick --device $(DEVICE)
 
 report: $(VENV)/installed
 	$(PY) eval.py report
+	$(PY) stress.py report
 
 bench: $(VENV)/installed
 	$(PY) bench.py --device $(DEVICE)

@@ -34,6 +34,7 @@ from data import N_UNITS, TASKS, TriggerTask, check_fraction, check_positive, ge
 from explain import (PARAPHRASES, QUERY, Labels, add_label_noise, behaviour, explain, explanation_data,
                      labels_from_behaviour, leading_queries, mix_labels, pair_cases, split_pairs, wrong_explanations)
 from model import pick_device
+from patching import patching_effects, patching_table, plot_patching
 from train import (ExplainConfig, PretrainConfig, active_phase, behaviour_accuracy, case_logprobs,
                    explainer_from, kl_to_reference, non_defaults, pretrain, train_explainer, with_defaults)
 
@@ -246,11 +247,20 @@ def m0_path(cfg: RunConfig, runs_dir=RUNS):
     return os.path.join(runs_dir, cfg.task, f"seed{cfg.seed}", "m0.pt")
 
 
+def other_m0_path(cfg: RunConfig, runs_dir=RUNS):
+    return os.path.join(runs_dir, cfg.task, f"seed{cfg.seed}", "other_m0.pt")
+
+
+def pretrained_models(cfg: RunConfig):
+    """The checkpoints a run pretrains (or loads) before its explanation stage."""
+    return [m0_path(cfg)] + ([other_m0_path(cfg)] if cfg.other_labels else [])
+
+
 def other_family(cfg: RunConfig):
-    """The pretraining config of the model family that supplies other_labels: this run's task world,
-    another seed, another depth and width."""
+    """The pretraining config of the model family that supplies other_labels (OTHER_FAMILY)."""
     return replace(cfg.pretrain, seed=cfg.seed + OTHER_FAMILY["seed_offset"], world_seed=cfg.seed,
-                   n_layer=OTHER_FAMILY["n_layer"], n_embd=OTHER_FAMILY["n_embd"])
+                   world_variation=OTHER_FAMILY["world_variation"], n_layer=OTHER_FAMILY["n_layer"],
+                   n_embd=OTHER_FAMILY["n_embd"])
 
 
 @dataclass
@@ -312,7 +322,7 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=RUNS, log=print):
     train_labels = labels_from_behaviour(with_c, without_c)
     other = None
     if cfg.other_labels:
-        other, _ = pretrain(other_family(cfg), os.path.join(os.path.dirname(m0_file), "other_m0.pt"), log=log)
+        other, _ = pretrain(other_family(cfg), other_m0_path(cfg, runs_dir), log=log)
         other_with_c, other_without_c = behaviour(other, task, split.explain_items)
         train_labels, taken = mix_labels(train_labels, labels_from_behaviour(other_with_c, other_without_c),
                                          cfg.other_labels, mix_rng)
@@ -373,6 +383,7 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=RUNS, log=print):
                        "other_labels_taken": int(round(cfg.other_labels * len(train_labels)))},
               "baseline": curve[0], "final": curve[-1], "curve": curve,
               "probes": probe_explainer(model, probed, eval_items, orig_labels),
+              "patching": patching_effects(model, probed, eval_items),
               "seconds": round(time.time() - t0, 2)}
     if out_path:
         write_json(result, out_path)
@@ -523,9 +534,9 @@ def run_suite(experiment, configs, tagged=False, jobs=1):
     check_positive("jobs", jobs)
     t0, results = time.time(), {}
     paths = [result_path(experiment, cfg, tagged) for cfg in configs]
-    groups = {}  # runs whose M0 is not trained yet wait for it in one worker; the others run on their own
+    groups = {}  # runs whose M0s are not trained yet wait for them in one worker; the others run on their own
     for cfg, path in zip(configs, paths):
-        key = path if os.path.exists(m0_path(cfg)) else (cfg.task, cfg.seed)
+        key = path if all(map(os.path.exists, pretrained_models(cfg))) else (cfg.task, cfg.seed)
         groups.setdefault(key, []).append((cfg, path))
     bar = tqdm(total=len(configs), desc=experiment, unit="run", file=sys.stdout)
 
@@ -828,6 +839,31 @@ def seed_table(groups):
     return "\n".join(rows)
 
 
+def circuits_section(runs, experiment, report_dir):
+    """Activation patching between x and x\\C in the final explainers (patching.py), if measured."""
+    runs = [r for r in runs if r.get("patching")]
+    if not runs:
+        return ""
+    figure = os.path.join(FIGURES, f"{experiment}_patching.png")
+    plot_patching(runs, figure)
+    return f"""
+## Shared circuits: activation patching
+
+Do the answer and the explanation of it depend on the same components? In each final explainer (with KL),
+on the held-out items whose answer changes when C is removed, one component's output (attention or MLP
+of a layer, or the residual stream after it) is copied from the run without C into the run with C, at the
+positions of the shared suffix (the answer slot; the explanation query and " would"). Effect: the fraction
+of the change in the answer's logit difference (or in logit(become) - logit(remain)) that this one patch
+reproduces; 1 for the last residual stream by construction. Caveat: training never asked for an
+explanation of an input without C, so the source run of the explanation patch is off its training
+distribution.
+
+{patching_table(runs)}
+
+![Activation patching]({os.path.relpath(figure, report_dir)})
+"""
+
+
 def write_report(experiment="main", path="REPORT.md", results=None):
     """Figures and REPORT.md from results (by default every result saved under the experiment)."""
     results = results if results is not None else load_results(experiment)
@@ -840,6 +876,8 @@ def write_report(experiment="main", path="REPORT.md", results=None):
     plot_post_training(groups, shift)
     report_dir = os.path.dirname(os.path.abspath(path))
     curves, gaps, shift = (os.path.relpath(p, report_dir) for p in (curves, gaps, shift))
+    circuits = circuits_section([r for r in results if r["config"]["explain"]["kl_weight"] > 0], experiment,
+                                report_dir)
     sweeps, every = "", list(results)
     for name in SWEEPS if experiment == "main" else ():  # the main report also gathers every sweep's runs
         swept = load_results(name)
@@ -871,7 +909,7 @@ then describe a fraction "agreement" of the current behaviour, and no new label 
 explanations of the flipped items follow the shift?
 
 ![Explanations during the shift]({shift})
-
+{circuits}
 ## Every seed
 
 "Became changed": flipped items where removing C did not change M0's answer but now does; "became

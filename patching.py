@@ -185,32 +185,45 @@ def _nanmean(rows):
     return np.where(counts > 0, np.where(finite, rows, 0.0).sum(axis=0) / np.maximum(counts, 1), np.nan)
 
 
+def mean_profiles(results):
+    """{task: (component names, mean behaviour effects, mean explanation effects, correlation, runs)}
+    over the results holding patching effects. The correlation is over the attention and MLP outputs
+    only: the residual-stream entries are sums of those ("L0 resid" equals "L0 attn" at the suffix, the
+    last "resid" is 1 by construction)."""
+    by_task = {}
+    for result in results:
+        if result.get("patching"):
+            by_task.setdefault(result["config"]["task"], []).append(result)
+    profiles = {}
+    for task, runs in sorted(by_task.items()):
+        names = runs[0]["patching"]["components"]
+        means = [_nanmean(np.array([[np.nan if v is None else v for v in r["patching"][kind]] for r in runs], float))
+                 for kind in ("behaviour", "explanation")]
+        parts = [i for i, name in enumerate(names) if not name.endswith("resid")]
+        profiles[task] = (names, *means, _correlation(means[0][parts], means[1][parts]), runs)
+    return profiles
+
+
 def plot_patching(results, path):
     """Grouped bars per component, behaviour vs explanation effect, one panel per task: the mean over
     seeds with each seed as a dot; each title gives the correlation of the two mean effect profiles.
     results: run result dicts holding "patching" (as from patching_effects; null read back as nan)."""
     from eval import _save_figure, pyplot
     plt = pyplot()
-    by_task = {}
-    for result in results:
-        if result.get("patching"):
-            by_task.setdefault(result["config"]["task"], []).append(result)
-    if not by_task:
+    profiles = mean_profiles(results)
+    if not profiles:
         raise ValueError("no result holds patching effects; nothing to plot")
-    fig, axes = plt.subplots(len(by_task), 1, figsize=(10, 3.2 * len(by_task)), squeeze=False)
-    for ax, (task, runs) in zip(axes[:, 0], sorted(by_task.items())):
-        names = runs[0]["patching"]["components"]
+    fig, axes = plt.subplots(len(profiles), 1, figsize=(10, 3.2 * len(profiles)), squeeze=False)
+    for ax, (task, (names, behaviour_mean, explanation_mean, r, runs)) in zip(axes[:, 0], profiles.items()):
         x = np.arange(len(names))
-        profiles = {}
-        for offset, (kind, color) in zip((-0.2, 0.2), (("behaviour", "tab:blue"), ("explanation", "tab:orange"))):
-            per_seed = np.array([[np.nan if v is None else v for v in r["patching"][kind]] for r in runs], float)
-            profiles[kind] = _nanmean(per_seed)
-            ax.bar(x + offset, np.nan_to_num(profiles[kind]), width=0.4, color=color, alpha=0.6, label=kind)
-            for row in per_seed:
-                ax.plot(x + offset, row, "o", color=color, markersize=3)
-        r = _correlation(profiles["behaviour"], profiles["explanation"])
+        for offset, kind, mean, color in ((-0.2, "behaviour", behaviour_mean, "tab:blue"),
+                                          (0.2, "explanation", explanation_mean, "tab:orange")):
+            ax.bar(x + offset, np.nan_to_num(mean), width=0.4, color=color, alpha=0.6, label=kind)
+            for run in runs:
+                ax.plot(x + offset, [np.nan if v is None else v for v in run["patching"][kind]], "o",
+                        color=color, markersize=3)
         seeds = ", ".join(str(run["config"]["seed"]) for run in runs)
-        ax.set_title(f"{task} (seeds {seeds}): correlation of the profiles "
+        ax.set_title(f"{task} (seeds {seeds}): correlation of the attn/mlp profiles "
                      f"{'n/a' if math.isnan(r) else f'{r:+.2f}'}")
         ax.axhline(0, color="gray", linewidth=0.5)
         ax.axhline(1, color="gray", linewidth=0.5, linestyle=":")
@@ -219,3 +232,18 @@ def plot_patching(results, path):
         ax.legend(fontsize=8)
     fig.tight_layout()
     _save_figure(fig, path)
+
+
+def patching_table(results):
+    """Markdown: mean effect of each component on the answer and on the explanation, per task."""
+    profiles = mean_profiles(results)
+    names = next(iter(profiles.values()))[0]
+    rows = ["| task | runs | items per run | effect on | " + " | ".join(names) + " | correlation (attn/mlp) |",
+            "|---" * (5 + len(names)) + "|"]
+    for task, (_, behaviour_mean, explanation_mean, r, runs) in profiles.items():
+        items = np.mean([run["patching"]["n_items"] for run in runs])
+        for kind, mean in (("answer", behaviour_mean), ("explanation", explanation_mean)):
+            cells = " | ".join("n/a" if math.isnan(v) else f"{v:+.2f}" for v in mean)
+            rows.append(f"| {task} | {len(runs)} | {items:.0f} | {kind} | {cells} | "
+                        f"{'n/a' if math.isnan(r) else f'{r:+.2f}'} |")
+    return "\n".join(rows)

@@ -196,9 +196,9 @@ explanation is "would remain" the answer with C); the leading query appends a wr
 
 ## Phase diagram: shift size x schedule
 
-Sharp: every shifted unit from step 0. Gradual: units join in ten groups over steps 0-150.
-Oscillating: shift from step 0, trained back to M0's answers from step 150 (the frozen labels are then
-right again). Label noise 0.
+Sharp: every shifted unit from step 0. Gradual: units join in ten groups over steps 0-{RunConfig.ramp_steps}.
+Oscillating: shift from step 0, trained back to M0's answers from step {RunConfig.back_at} (the frozen
+labels are then right again). Label noise 0.
 
 ![size x schedule]({rel['schedule']})
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data import N_UNITS, TASKS, TOKENIZER, check_positive, get_task, tokenizer_fingerprint
+from data import N_UNITS, TASKS, TOKENIZER, check_fraction, check_positive, get_task, tokenizer_fingerprint
 from model import GPT, GPTConfig, pick_device
 
 BLOCK_SIZE = 48
@@ -122,8 +122,8 @@ def check_finite(loss, step, stage):
 class PretrainConfig:
     task: str = "hint"
     seed: int = 0  # initialisation and batches
-    world_seed: int = -1  # the task's world (its facts); -1: the same as seed. Another model "family"
-    # trained on the same world takes another seed and architecture with this world_seed.
+    world_seed: int = -1  # the task's world (its facts); -1: the same as seed
+    world_variation: float = 0.0  # fraction of units whose facts differ from that world (another family's)
     steps: int = 600
     batch_size: int = 128
     lr: float = 5e-3
@@ -142,12 +142,21 @@ class PretrainConfig:
             check_positive(name, getattr(self, name))
         if not self.lr > 0:
             raise ValueError(f"lr={self.lr} must be positive")
+        check_fraction("world_variation", self.world_variation)
         if not 0 <= self.lm_rows <= self.batch_size:
             raise ValueError(f"lm_rows={self.lm_rows} must lie in [0, batch_size={self.batch_size}]")
 
 
-def world_seed(cfg: PretrainConfig):
-    return cfg.seed if cfg.world_seed < 0 else cfg.world_seed
+def task_world(task, cfg: PretrainConfig):
+    """The world M0 learns: the task's world for world_seed (by default the seed), with the facts of a
+    fraction world_variation of its units changed by the task's broadest shift."""
+    seed = cfg.seed if cfg.world_seed < 0 else cfg.world_seed
+    world = task.split(seed).world
+    if cfg.world_variation:
+        direction = "both" if "both" in task.shift_directions else task.shift_directions[0]
+        world, _ = task.shift(world, np.random.default_rng([seed, 6]), np.arange(N_UNITS), cfg.world_variation,
+                              direction)
+    return world
 
 
 def lr_at(step, cfg):
@@ -230,7 +239,7 @@ def pretrain(cfg: PretrainConfig, path, log=print):
     """Train M0 (or resume it from `path`); returns (model, report dict). Checkpoints atomically."""
     device = setup(cfg.seed, cfg.threads, cfg.device)
     task = get_task(cfg.task)
-    world = task.split(world_seed(cfg)).world
+    world = task_world(task, cfg)
     model = new_model(cfg, device)
     optimizer = new_optimizer(model, cfg.lr)
     start, elapsed = 0, 0.0
