@@ -197,13 +197,17 @@ DEFAULT_SHIFT = {"hint": ("reduce", 0.2), "judgement": ("flip", 0.3), "refusal":
 OTHER_FAMILY = {"n_layer": 3, "n_embd": 96, "seed_offset": 1000, "world_variation": 0.2}
 
 
+CODE = ("*.py", "requirements.txt", "Makefile")  # what git_dirty checks (not results, reports, figures)
+
+
 def provenance():
-    """What a result needs beside it to be reproduced: versions, commit, machine."""
+    """What a result needs beside it to be reproduced: versions, commit, whether the code had
+    uncommitted changes, machine."""
     try:
         here = os.path.dirname(os.path.abspath(__file__))
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                                 cwd=here).stdout.strip() or "unknown"
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE],
                                     capture_output=True, text=True, cwd=here).stdout.strip())
     except OSError:
         commit, dirty = "unknown", False
@@ -347,17 +351,19 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=RUNS, log=print):
     kl_data = list(zip([task.encode(c) for c in kl_cases], case_logprobs(m0, task, kl_cases)))
 
     explain_data = explanation_data(task, split.explain_items, train_labels)
-    final_world = phases[-1].world if phases else split.world
-    eval_targets = np.array([probed.teacher(final_world, c) for c in pair_cases(probed, eval_items)])
+    # Task accuracy at an evaluation is measured against the world the shift objective trained towards
+    # on the step before it (before any shift: M0's world).
+    targets = [np.array([probed.teacher(world, c) for c in pair_cases(probed, eval_items)])
+               for world in [split.world] + [p.world for p in phases]]
     curve = []
 
     def on_eval(step, model):
         current, logp = current_labels(model, probed, eval_items)
         explanations = explain(model, probed, eval_items)
         metrics = coupling_metrics(explanations, current, orig_labels)
-        phase = active_phase([p.start for p in phases], step)
+        phase = active_phase([p.start for p in phases], max(step - 1, 0))  # what the last step trained
         metrics.update(step=step, seconds=round(time.time() - t0, 2),
-                       task_accuracy=_mean(logp.argmax(-1).numpy() == eval_targets),
+                       task_accuracy=_mean(logp.argmax(-1).numpy() == targets[0 if phase is None else phase + 1]),
                        kl_to_m0=float(kl_to_reference(logp, m0_logp)),
                        shift_learned=float("nan") if phase is None else
                        behaviour_accuracy(model, probed, phases[phase].world, shift_probes[phase]))
@@ -381,10 +387,11 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=RUNS, log=print):
                        "train_changed_fraction": float(train_labels.changed.mean()),
                        "label_noise_flipped": int(round(cfg.label_noise * len(train_labels))),
                        "other_labels_taken": int(round(cfg.other_labels * len(train_labels)))},
-              "baseline": curve[0], "final": curve[-1], "curve": curve,
-              "probes": probe_explainer(model, probed, eval_items, orig_labels),
-              "patching": patching_effects(model, probed, eval_items),
-              "seconds": round(time.time() - t0, 2)}
+              "baseline": curve[0], "final": curve[-1], "curve": curve}
+    if cfg.explain.kl_weight > 0:  # the explainers the reports probe and patch (the no-KL ones collapse)
+        result.update(probes=probe_explainer(model, probed, eval_items, orig_labels),
+                      patching=patching_effects(model, probed, eval_items))
+    result["seconds"] = round(time.time() - t0, 2)
     if out_path:
         write_json(result, out_path)
     return result
@@ -631,57 +638,32 @@ def plot_curves(groups, path):
     _save_figure(fig, path)
 
 
-def plot_post_training(groups, path):
-    """Concurrent post-training, with KL: how far the behaviour has shifted (accuracy on the shift's own
-    cases), how much of it the frozen labels still describe (agreement), and whether the explanations of
-    the flipped items follow it (Self@flipped) or the frozen labels (Orig@flipped); mean over seeds."""
+def plot_runs(panels, path):
+    """Curves over explanation-training steps, one panel per setting ({title: runs}), mean over its
+    runs: Self and Orig, the same on flipped items, the label-behaviour agreement and how far the shift
+    objective's current targets are learnt; dotted lines where shift phases start (a sharp shift starts,
+    a gradual one's first and last groups join, an oscillating one shifts back)."""
     plt = pyplot()
-    tasks = sorted(task for task, regime in groups if regime == "kl")
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        runs = groups[(task, "kl")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.6, 3.6), squeeze=False)
+    for ax, (title, runs) in zip(axes[0], panels.items()):
         steps = [p["step"] for p in runs[0]["curve"]]
-        for metric, color, label in (("shift_learned", "black", "shift learned"),
-                                     ("agreement", "tab:gray", "agreement (labels vs behaviour)"),
-                                     ("self_flipped", "tab:blue", "Self@flipped"),
-                                     ("orig_flipped", "tab:orange", "Orig@flipped")):
+        for metric, color, style, label in (("self", "tab:blue", "-", "Self"), ("orig", "tab:orange", "-", "Orig"),
+                                            ("self_flipped", "tab:blue", "--", "Self@flipped"),
+                                            ("orig_flipped", "tab:orange", "--", "Orig@flipped"),
+                                            ("agreement", "tab:gray", "-", "agreement"),
+                                            ("shift_learned", "black", ":", "shift targets learnt")):
             values = np.array([[np.nan if p[metric] is None else p[metric] for p in r["curve"]] for r in runs])
-            defined = ~np.isnan(values).all(0)  # nothing has flipped at step 0
-            ax.plot(np.array(steps)[defined], np.nanmean(values[:, defined], 0), color=color, marker=".",
+            defined = ~np.isnan(values).all(0)
+            ax.plot(np.array(steps)[defined], np.nanmean(values[:, defined], 0), style, color=color, marker=".",
                     label=label)
-        ax.set_title(f"{task}: explanations during the shift")
+        starts = runs[0]["data"]["shift_phase_starts"]
+        for start in starts if len(starts) <= 2 else (starts[0], starts[-1]):
+            ax.axvline(start, color="black", lw=0.6, ls=":")
+        ax.set_title(f"{title} ({len(runs)} run{'s' if len(runs) > 1 else ''})", fontsize=9)
         ax.set_xlabel("explanation-training step")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="center right")
-    fig.tight_layout()
-    _save_figure(fig, path)
-
-
-def plot_run(runs, path, title):
-    """One setting's curves over explanation-training steps, mean over its runs: Self and Orig, the
-    same on flipped items, the label-behaviour agreement and how far the shift objective's current
-    targets are learnt; dotted lines where shift phases start (e.g. a sharp shift, or shifting back)."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    steps = [p["step"] for p in runs[0]["curve"]]
-    for metric, color, style, label in (("self", "tab:blue", "-", "Self"), ("orig", "tab:orange", "-", "Orig"),
-                                        ("self_flipped", "tab:blue", "--", "Self@flipped"),
-                                        ("orig_flipped", "tab:orange", "--", "Orig@flipped"),
-                                        ("agreement", "tab:gray", "-", "agreement"),
-                                        ("shift_learned", "black", ":", "shift targets learnt")):
-        values = np.array([[np.nan if p[metric] is None else p[metric] for p in r["curve"]] for r in runs])
-        defined = ~np.isnan(values).all(0)
-        ax.plot(np.array(steps)[defined], np.nanmean(values[:, defined], 0), style, color=color, marker=".",
-                label=label)
-    starts = runs[0]["data"]["shift_phase_starts"]
-    for start in starts if len(starts) <= 2 else (starts[0], starts[-1]):  # gradual: first and last group
-        ax.axvline(start, color="black", lw=0.6, ls=":")
-    ax.set_title(title, fontsize=9)
-    ax.set_xlabel("explanation-training step")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
     fig.tight_layout()
     _save_figure(fig, path)
 
@@ -873,7 +855,7 @@ def write_report(experiment="main", path="REPORT.md", results=None):
     curves, gaps, shift = (os.path.join(FIGURES, f"{experiment}_{kind}.png") for kind in ("curves", "gap", "shift"))
     plot_curves(groups, curves)
     plot_gaps(groups, gaps)
-    plot_post_training(groups, shift)
+    plot_runs({f"{task}, with KL": runs for (task, regime), runs in groups.items() if regime == "kl"}, shift)
     report_dir = os.path.dirname(os.path.abspath(path))
     curves, gaps, shift = (os.path.relpath(p, report_dir) for p in (curves, gaps, shift))
     circuits = circuits_section([r for r in results if r["config"]["explain"]["kl_weight"] > 0], experiment,
@@ -1008,8 +990,8 @@ def main(argv=None):
             out = args.out or result_path("runs", cfg, tagged=True)
             result = run_coupling(cfg, out)
             figure = out.removesuffix(".json") + ".png"
-            plot_run([result], figure, f"{cfg.task} seed {cfg.seed}: {cfg.schedule} shift {cfg.shift} "
-                     f"{cfg.shift_size:g}, label noise {cfg.label_noise:g}, KL {cfg.explain.kl_weight:g}")
+            plot_runs({f"{cfg.task} seed {cfg.seed}: {cfg.schedule} {cfg.shift} {cfg.shift_size:g}, "
+                       f"noise {cfg.label_noise:g}, KL {cfg.explain.kl_weight:g}": [result]}, figure)
             f = result["final"]
             print(f"final: Self {f['self']:.3f}, Orig {f['orig']:.3f}, gap {f['gap']:+.3f}, {f['n_flipped']} flipped "
                   f"(Self@flipped {f['self_flipped']:.2f}) -> {out}, {figure}")

