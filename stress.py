@@ -74,6 +74,11 @@ def mean_of(runs, key):
     return mean_ci([judged(r)[key] for r in runs])[0]
 
 
+def coupled_runs(runs):
+    """How many single runs pass the coupling rule on their own."""
+    return sum(judged(r)["gap"] > 0 and (judged(r)["self_flipped"] or 0) > 0.5 for r in runs)
+
+
 def verdict(runs):
     """collapsed, coupled or fails, by the rules in the module docstring."""
     if mean_of(runs, "task_accuracy") < 0.8:
@@ -99,7 +104,8 @@ def plot_phase_diagram(table, columns, column_label, key_of, path):
                     runs = table.get(key_of(task, size, value), [])
                     if runs:
                         grid[i, j] = mean_of(runs, metric)
-                        ax.text(j, i, f"{grid[i, j]:+.2f}\n{MARK[verdict(runs)]}\n({len(runs)} seeds)",
+                        ax.text(j, i, f"{grid[i, j]:+.2f}\n{MARK[verdict(runs)]}\n"
+                                      f"({coupled_runs(runs)}/{len(runs)} runs coupled)",
                                 ha="center", va="center", fontsize=7)
             image = ax.imshow(grid, cmap=cmap, vmin=limits[0], vmax=limits[1], aspect="auto")
             ax.set_xticks(range(len(columns)), [f"{c:g}" if isinstance(c, float) else c for c in columns])
@@ -114,7 +120,7 @@ def plot_phase_diagram(table, columns, column_label, key_of, path):
 
 def grid_table(table, columns, column_name, key_of):
     rows = [f"| task | shift size | {column_name} | seeds | step | agreement | flipped | Self - Orig | Self@flipped | "
-            "follows C (M0 / now) | task accuracy | verdict |", "|---" * 12 + "|"]
+            "follows C (M0 / now) | task accuracy | runs coupled | verdict |", "|---" * 13 + "|"]
     for task in GRID_TASKS:
         for size in SIZES:
             for value in columns:
@@ -129,7 +135,7 @@ def grid_table(table, columns, column_name, key_of):
                             f"{col('n_flipped', digits=0)} | "
                             f"**{col('gap', signed=True)}** | {col('self_flipped', digits=2)} | "
                             f"{m0} / {col('changed_fraction', digits=2)} | {col('task_accuracy', digits=2)} | "
-                            f"{verdict(runs)} |")
+                            f"{coupled_runs(runs)}/{len(runs)} | {verdict(runs)} |")
     return "\n".join(rows)
 
 
@@ -146,9 +152,8 @@ def headline_table(headline):
         if not runs:
             continue
         col = lambda key, **kw: _fmt([r["final"][key] for r in runs], **kw)
-        coupled = sum(r["final"]["gap"] > 0 and (r["final"]["self_flipped"] or 0) > 0.5 for r in runs)
         rows.append(f"| {task} | {len(runs)} | {col('self')} | {col('orig')} | **{col('gap', signed=True)}** | "
-                    f"{col('n_flipped', digits=0)} | {col('self_flipped', digits=2)} | {coupled}/{len(runs)} | "
+                    f"{col('n_flipped', digits=0)} | {col('self_flipped', digits=2)} | {coupled_runs(runs)}/{len(runs)} | "
                     f"{col('malformed', digits=3)} |")
     return "\n".join(rows)
 
