@@ -309,8 +309,9 @@ def current_labels(model, task, items):
     return labels_from_behaviour(*split_pairs(logp.argmax(-1).numpy())), logp
 
 
-def run_coupling(cfg: RunConfig, out_path=None, runs_dir=RUNS, log=print):
-    """One coupling run; returns the result dict (also written to out_path if given)."""
+def run_coupling(cfg: RunConfig, out_path=None, runs_dir=RUNS, log=print, analyse=True):
+    """One coupling run; returns the result dict (also written to out_path if given). analyse: also
+    probe and patch the final explainer (with KL), which the main and stress reports use."""
     task, t0 = get_task(cfg.task), time.time()
     m0_file = m0_path(cfg, runs_dir)
     for folder in [os.path.dirname(m0_file)] + ([os.path.dirname(out_path) or "."] if out_path else []):
@@ -388,7 +389,7 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=RUNS, log=print):
                        "label_noise_flipped": int(round(cfg.label_noise * len(train_labels))),
                        "other_labels_taken": int(round(cfg.other_labels * len(train_labels)))},
               "baseline": curve[0], "final": curve[-1], "curve": curve}
-    if cfg.explain.kl_weight > 0:  # the explainers the reports probe and patch (the no-KL ones collapse)
+    if analyse and cfg.explain.kl_weight > 0:  # the no-KL explainers collapse; the reports use neither
         result.update(probes=probe_explainer(model, probed, eval_items, orig_labels),
                       patching=patching_effects(model, probed, eval_items))
     result["seconds"] = round(time.time() - t0, 2)
@@ -428,7 +429,7 @@ def saved_result(cfg, path):
     return result if result["config"] == json.loads(json.dumps(asdict(cfg))) else None
 
 
-def run_or_load(cfg, path, log=print):
+def run_or_load(cfg, path, log=print, analyse=True):
     """Run unless a finished result with the same config is already on disk, at path (so a killed suite
     resumes where it stopped) or among the main result's runs (a sweep's default value is one of them)."""
     for found in (path, result_path("main", cfg)):
@@ -437,7 +438,7 @@ def run_or_load(cfg, path, log=print):
             if found != path:
                 write_json(result, path)
             return result
-    return run_coupling(cfg, path, log=log)
+    return run_coupling(cfg, path, log=log, analyse=analyse)
 
 
 def main_configs(tasks=MAIN_TASKS, seeds=MAIN_SEEDS, device="auto"):
@@ -520,10 +521,10 @@ def sweep_configs(name, tasks=None, seeds=MAIN_SEEDS, device="auto"):
     return configs
 
 
-def run_group(runs):
+def run_group(runs, analyse=True):
     """(config, path) runs in order; runs of one task and seed whose M0 is not trained yet come as one
     group, so that the first trains it and the others load it."""
-    return [run_or_load(cfg, path, log=lambda *a: None) for cfg, path in runs]
+    return [run_or_load(cfg, path, log=lambda *a: None, analyse=analyse) for cfg, path in runs]
 
 
 def default_jobs(device):
@@ -533,10 +534,11 @@ def default_jobs(device):
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def run_suite(experiment, configs, tagged=False, jobs=1):
+def run_suite(experiment, configs, tagged=False, jobs=1, analyse=True):
     """Run (or load) every config, `jobs` at a time, with a progress bar; returns the results in the
     order of configs. Each run is deterministic on its own, so the results do not depend on jobs.
-    tagged: configs of one seed differ in more than the KL term, so file names carry a config hash."""
+    tagged: configs of one seed differ in more than the KL term, so file names carry a config hash.
+    analyse: probe and patch the final explainers (the sweeps skip it: no report uses theirs)."""
     from tqdm import tqdm
     check_positive("jobs", jobs)
     t0, results = time.time(), {}
@@ -557,11 +559,11 @@ def run_suite(experiment, configs, tagged=False, jobs=1):
 
     if jobs == 1:
         for runs in groups.values():
-            finished(runs, run_group(runs))
+            finished(runs, run_group(runs, analyse))
     else:
         spawn = multiprocessing.get_context("spawn")  # a clean process per worker, same on every OS
         with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=spawn) as pool:
-            futures = {pool.submit(run_group, runs): runs for runs in groups.values()}
+            futures = {pool.submit(run_group, runs, analyse): runs for runs in groups.values()}
             for future in concurrent.futures.as_completed(futures):
                 finished(futures[future], future.result())
     bar.close()
@@ -1006,12 +1008,13 @@ def main(argv=None):
                 raise ValueError(f"sweep {args.name!r} is unknown; allowed: {', '.join(SWEEPS)}")
             tasks = parse_list(args.tasks, "tasks", str) if args.tasks else None
             seeds = parse_list(args.seeds, "seeds", int)
-            run_suite(args.name, sweep_configs(args.name, tasks, seeds, args.device), True, jobs(args))
+            run_suite(args.name, sweep_configs(args.name, tasks, seeds, args.device), True, jobs(args),
+                      analyse=False)
             write_report("main")
         elif args.command == "reproduce-all":
             run_suite("main", main_configs(device=args.device), jobs=jobs(args))
             for name in SWEEPS:
-                run_suite(name, sweep_configs(name, device=args.device), True, jobs(args))
+                run_suite(name, sweep_configs(name, device=args.device), True, jobs(args), analyse=False)
             write_report("main")
         elif args.command == "report":
             name = args.experiment
