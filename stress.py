@@ -36,18 +36,22 @@ HEADLINE_SEEDS = (0, 1, 2, 3, 4)
 
 
 def stress_configs(device="auto"):
-    """The grid (size x schedule, size x label noise; two seeds) and the headline runs (the main
-    setting and the two-hop task, five seeds), each config once."""
+    """(headline, grid): the headline runs (the main setting and the two-hop task, five seeds), whose
+    explainers are probed, and the rest of the grid (size x schedule, size x label noise; two seeds),
+    each config once."""
     run = lambda task, seed, **kw: RunConfig(task=task, seed=seed, pretrain=PretrainConfig(device=device),
                                              explain=ExplainConfig(), **kw)
-    configs = [run(task, seed) for seed in HEADLINE_SEEDS for task in HEADLINE_TASKS]
+    headline = [run(task, seed) for seed in HEADLINE_SEEDS for task in HEADLINE_TASKS]
+    configs = []
     for seed in GRID_SEEDS:
         for task in GRID_TASKS:
             for size in SIZES:
                 configs += [run(task, seed, shift_size=size, schedule=schedule) for schedule in SCHEDULES]
                 configs += [run(task, seed, shift_size=size, label_noise=noise) for noise in NOISES if noise]
-    unique = {result_path(EXPERIMENT, cfg, tagged=True): cfg for cfg in configs}
-    return list(unique.values())
+    name = lambda cfg: result_path(EXPERIMENT, cfg, tagged=True)
+    in_headline = {name(cfg) for cfg in headline}
+    grid = {name(cfg): cfg for cfg in configs if name(cfg) not in in_headline}
+    return headline, list(grid.values())
 
 
 def cell_key(config):
@@ -251,7 +255,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
-            results = run_suite(EXPERIMENT, stress_configs(args.device), True, args.jobs or default_jobs(args.device))
+            headline, grid = stress_configs(args.device)
+            jobs = args.jobs or default_jobs(args.device)
+            results = run_suite(EXPERIMENT, headline, True, jobs) + run_suite(EXPERIMENT, grid, True, jobs,
+                                                                              analyse=False)
         else:
             results = load_results(EXPERIMENT)
             if not results:
