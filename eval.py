@@ -466,8 +466,9 @@ class Sweep:
 SWEEPS = {
     "other_model": Sweep("other_labels", (0.0, 0.25, 0.5, 0.75, 1.0), "fraction of labels from another model",
                          "Labels from another model family: a 3-layer, 96-wide model with another seed, trained "
-                         "on the same task world, labels a fraction of the explanation items. Orig-other scores "
-                         "the explanations against that model's behaviour.",
+                         "on the same task in a world where a fifth of the units' facts differ, labels a fraction "
+                         "of the explanation items. Orig-other scores the explanations against that model's "
+                         "behaviour.",
                          "with 100% other-model labels still Self > Orig, and overall explanation accuracy "
                          "drops by about 19%", extra=("orig_other", "gap_other", "family_agreement")),
     "label_noise": Sweep("label_noise", (0.0, 0.1, 0.2, 0.3, 0.4), "fraction of training labels flipped",
