@@ -95,7 +95,7 @@ MARK = {"coupled": "coupled", "collapsed": "COLLAPSED", "fails": "fails"}
 
 def plot_phase_diagram(table, columns, column_label, key_of, path):
     """Heatmaps per task, shift size (rows) against `columns`: the final gap and Self@flipped, mean over
-    seeds, each cell annotated with its mean and its verdict."""
+    seeds, each cell annotated with its mean, its verdict and how many of its runs couple."""
     plt = pyplot()
     fig, axes = plt.subplots(2, len(GRID_TASKS), figsize=(4.2 * len(GRID_TASKS), 6.2), squeeze=False)
     for col, task in enumerate(GRID_TASKS):
@@ -108,8 +108,8 @@ def plot_phase_diagram(table, columns, column_label, key_of, path):
                     runs = table.get(key_of(task, size, value), [])
                     if runs:
                         grid[i, j] = mean_of(runs, metric)
-                        ax.text(j, i, f"{grid[i, j]:+.2f}\n{MARK[verdict(runs)]}\n"
-                                      f"({coupled_runs(runs)}/{len(runs)} runs coupled)",
+                        value = f"{grid[i, j]:+.2f}" if metric == "gap" else f"{grid[i, j]:.2f}"
+                        ax.text(j, i, f"{value}\n{MARK[verdict(runs)]}\n({coupled_runs(runs)}/{len(runs)} runs)",
                                 ha="center", va="center", fontsize=7)
             image = ax.imshow(grid, cmap=cmap, vmin=limits[0], vmax=limits[1], aspect="auto")
             ax.set_xticks(range(len(columns)), [f"{c:g}" if isinstance(c, float) else c for c in columns])
