@@ -331,7 +331,8 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=RUNS, log=print, analys
         other_with_c, other_without_c = behaviour(other, task, split.explain_items)
         train_labels, taken = mix_labels(train_labels, labels_from_behaviour(other_with_c, other_without_c),
                                          cfg.other_labels, mix_rng)
-        with_c = np.where(np.isin(np.arange(len(with_c)), taken), other_with_c, with_c)
+        with_c = with_c.copy()
+        with_c[taken] = other_with_c[taken]  # label noise keeps each label consistent with its source
     if cfg.label_noise:
         train_labels, _ = add_label_noise(task, train_labels, with_c, cfg.label_noise, noise_rng)
     # What the explanations are asked about on held-out items: the task's own feature C or, with the shift

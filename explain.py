@@ -103,6 +103,11 @@ def explain(model, task, items, query=QUERY, batch_size=1024):
     return Labels(np.array(changed, dtype=int), np.array(answer, dtype=int))
 
 
+def exact_fraction(n, fraction, rng):
+    """Exactly round(fraction * n) of the indices 0..n-1, drawn at random without repeats, sorted."""
+    return np.sort(rng.choice(n, size=int(round(fraction * n)), replace=False))
+
+
 def wrong_explanations(task, labels, with_c):
     """Per item, an explanation the task could produce that contradicts `labels`: "remain X" becomes
     "become Y" (Y the next answer after X), "become Y" becomes "remain Z", Z the answer with C."""
@@ -120,8 +125,7 @@ def leading_queries(task, suggested):
 def mix_labels(own, other, fraction, rng):
     """Labels where exactly round(fraction * n) items, drawn at random, take another model's label and
     the rest keep the model's own. Returns (labels, indices taken from `other`)."""
-    check_fraction("other-model label fraction", fraction)
-    taken = np.sort(rng.choice(len(own), size=int(round(fraction * len(own))), replace=False))
+    taken = exact_fraction(len(own), check_fraction("other-model label fraction", fraction), rng)
     changed, answer = own.changed.copy(), own.answer.copy()
     changed[taken], answer[taken] = other.changed[taken], other.answer[taken]
     return Labels(changed, answer), taken
@@ -131,8 +135,7 @@ def add_label_noise(task, labels, with_c, fraction, rng):
     """Flip the verdict of exactly round(fraction * n) labels, keeping each one a label the task could
     produce given the answer with C: a "remain X" becomes "change to Y" with Y != X drawn at random, and
     a "change to Y" becomes "remain Z", Z being the answer with C. Returns (labels, flipped indices)."""
-    check_fraction("label noise", fraction)
-    flip = np.sort(rng.choice(len(labels), size=int(round(fraction * len(labels))), replace=False))
+    flip = exact_fraction(len(labels), check_fraction("label noise", fraction), rng)
     changed, answer = labels.changed.copy(), labels.answer.copy()
     n_answers = len(task.answers)
     for i in flip:

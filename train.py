@@ -99,8 +99,9 @@ def non_defaults(config):
     for f in fields(config):
         value, default = getattr(config, f.name), _default(f)
         if is_dataclass(value):
-            if non_defaults(value):
-                out[f.name] = non_defaults(value)
+            nested = non_defaults(value)
+            if nested:
+                out[f.name] = nested
         elif value != default:
             out[f.name] = value
     return out
