@@ -32,9 +32,11 @@ def seconds_per_call(fn, repeats, warmup=3):
     return (time.perf_counter() - t0) / repeats
 
 
-def matmul_peak(device, n=2048):
-    """FLOP/s of a large square float32 matmul: what this machine can do at best."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_peak(device):
+    """FLOP/s of a large square matmul in the dtype the model's blocks use (float32 on CPU, bfloat16
+    under CUDA autocast): what this machine can do at best."""
+    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (2048, torch.float32)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     return 2 * n ** 3 / seconds_per_call(lambda: synchronize(a @ b, device), repeats=10)
 
 
