@@ -36,7 +36,8 @@ from explain import (PARAPHRASES, QUERY, Labels, add_label_noise, behaviour, exp
 from model import pick_device
 from patching import patching_effects, patching_table, plot_patching
 from train import (ExplainConfig, PretrainConfig, active_phase, behaviour_accuracy, case_logprobs,
-                   explainer_from, kl_to_reference, non_defaults, pretrain, train_explainer, with_defaults)
+                   explainer_from, kl_to_reference, load_checkpoint, non_defaults, pretrain, train_explainer,
+                   with_defaults)
 
 RESULTS = "results"
 RUNS = "runs"
@@ -256,8 +257,11 @@ def other_m0_path(cfg: RunConfig, runs_dir=RUNS):
 
 
 def pretrained_models(cfg: RunConfig):
-    """The checkpoints a run pretrains (or loads) before its explanation stage."""
-    return [m0_path(cfg)] + ([other_m0_path(cfg)] if cfg.other_labels else [])
+    """The models a run pretrains (or loads) before its explanation stage: {checkpoint path: config}."""
+    models = {m0_path(cfg): cfg.pretrain}
+    if cfg.other_labels:
+        models[other_m0_path(cfg)] = other_family(cfg)
+    return models
 
 
 def other_family(cfg: RunConfig):
@@ -430,18 +434,6 @@ def saved_result(cfg, path):
     return result if result["config"] == json.loads(json.dumps(asdict(cfg))) else None
 
 
-def run_or_load(cfg, path, log=print, analyse=True):
-    """Run unless a finished result with the same config is already on disk, at path (so a killed suite
-    resumes where it stopped) or among the main result's runs (a sweep's default value is one of them)."""
-    for found in (path, result_path("main", cfg)):
-        result = saved_result(cfg, found)
-        if result is not None:
-            if found != path:
-                write_json(result, path)
-            return result
-    return run_coupling(cfg, path, log=log, analyse=analyse)
-
-
 def main_configs(tasks=MAIN_TASKS, seeds=MAIN_SEEDS, device="auto"):
     configs = []
     for seed in seeds:  # seed-major, so an interrupted suite already covers every task
@@ -523,54 +515,102 @@ def sweep_configs(name, tasks=None, seeds=MAIN_SEEDS, device="auto"):
     return configs
 
 
-def run_group(runs, analyse=True):
-    """(config, path) runs in order; runs of one task and seed whose M0 is not trained yet come as one
-    group, so that the first trains it and the others load it."""
-    return [run_or_load(cfg, path, log=lambda *a: None, analyse=analyse) for cfg, path in runs]
-
-
 def default_jobs(device):
-    """Parallel runs: one per CPU core on CPU (each run uses one thread), one on a GPU or MPS."""
-    if pick_device(device).type != "cpu":
-        return 1
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """Parallel runs: one per CPU core on CPU (each run uses one thread). On CUDA up to 4 runs share the
+    GPU: each is small and bound by kernel launches, not by the GPU's arithmetic. One on MPS."""
+    kind = pick_device(device).type
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return {"cpu": cores, "cuda": min(cores, 4)}.get(kind, 1)
+
+
+def is_pretrained(path):
+    """A finished checkpoint (not a partial one, which pretraining resumes) is on disk."""
+    return os.path.exists(path) and "report" in load_checkpoint(path)
+
+
+def pretrain_quietly(cfg, path):
+    pretrain(cfg, path, log=lambda *a: None)
+
+
+def run_once(cfg, paths, analyse):
+    """One run; its result is written to every path that asked for this very config."""
+    result = run_coupling(cfg, paths[0], log=lambda *a: None, analyse=analyse)
+    for path in paths[1:]:
+        write_json(result, path)
+    return result
+
+
+def run_suites(suites, jobs=1):
+    """Run (or load) the configs of several suites, `jobs` at a time, under one progress bar; returns
+    each suite's results in the order of its configs. suites: [(experiment, configs, tagged, analyse)],
+    where tagged: configs of one seed differ in more than the KL term, so file names carry a config hash;
+    analyse: probe and patch the final explainers (the sweeps skip it: no report uses theirs).
+    A finished result with the same config is loaded, from its own path (so a killed suite resumes where
+    it stopped) or from the main result's (a sweep's default value is one of its runs), and a config
+    asked for twice runs once. In parallel, the models that the runs need are pretrained first, each
+    once, and a run starts as soon as its models are ready. Each run is deterministic on its own, so the
+    results do not depend on jobs or on the order."""
+    from tqdm import tqdm
+    check_positive("jobs", jobs)
+    t0, results, todo = time.time(), {}, {}
+    asked = [[(cfg, result_path(experiment, cfg, tagged)) for cfg in configs]
+             for experiment, configs, tagged, _ in suites]
+    names = list(dict.fromkeys(experiment for experiment, *_ in suites))
+    bar = tqdm(total=sum(map(len, asked)), desc=names[0] if len(names) == 1 else f"{len(names)} experiments",
+               unit="run", file=sys.stdout)
+    for runs, (_, _, _, analyse) in zip(asked, suites):
+        for cfg, path in runs:
+            saved = saved_result(cfg, path) or saved_result(cfg, result_path("main", cfg))
+            if saved:
+                if not os.path.exists(path):
+                    write_json(saved, path)
+                results[path] = saved
+                bar.update()
+                continue
+            entry = todo.setdefault(json.dumps(asdict(cfg), sort_keys=True), {"cfg": cfg, "paths": [],
+                                                                            "analyse": False})
+            entry["paths"].append(path)
+            entry["analyse"] |= analyse
+
+    def finished(entry, result):
+        f, cfg = result["final"], entry["cfg"]
+        bar.write(f"  {entry['paths'][0].split(os.sep)[-3]} {cfg.task} {cfg.name}: Self {f['self']:.3f} "
+                  f"Orig {f['orig']:.3f} gap {f['gap']:+.3f} flipped {f['n_flipped']} agreement "
+                  f"{f['agreement']:.2f} ({result['seconds']:.0f} s)")
+        results.update(dict.fromkeys(entry["paths"], result))
+        bar.update(len(entry["paths"]))
+
+    if jobs == 1:  # each run pretrains (or loads) its own models
+        for entry in todo.values():
+            finished(entry, run_once(entry["cfg"], entry["paths"], entry["analyse"]))
+    else:
+        needed = {}
+        for entry in todo.values():
+            needed.update(pretrained_models(entry["cfg"]))
+        spawn = multiprocessing.get_context("spawn")  # a clean process per worker, same on every OS
+        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=spawn) as pool:
+            training = {pool.submit(pretrain_quietly, cfg, path): path for path, cfg in needed.items()
+                        if not is_pretrained(path)}
+            waiting, running = list(todo.values()), {}
+            while waiting or running:
+                for entry in [e for e in waiting if not set(pretrained_models(e["cfg"])) & set(training.values())]:
+                    waiting.remove(entry)
+                    running[pool.submit(run_once, entry["cfg"], entry["paths"], entry["analyse"])] = entry
+                done, _ = concurrent.futures.wait([*training, *running], return_when="FIRST_COMPLETED")
+                for future in done:
+                    if future in training:
+                        future.result()  # a failed pretraining stops the suite with its error
+                        del training[future]
+                    else:
+                        finished(running.pop(future), future.result())
+    bar.close()
+    print(f"{', '.join(names)}: {bar.n} runs in {time.time() - t0:.0f} s")
+    return [[results[path] for _, path in runs] for runs in asked]
 
 
 def run_suite(experiment, configs, tagged=False, jobs=1, analyse=True):
-    """Run (or load) every config, `jobs` at a time, with a progress bar; returns the results in the
-    order of configs. Each run is deterministic on its own, so the results do not depend on jobs.
-    tagged: configs of one seed differ in more than the KL term, so file names carry a config hash.
-    analyse: probe and patch the final explainers (the sweeps skip it: no report uses theirs)."""
-    from tqdm import tqdm
-    check_positive("jobs", jobs)
-    t0, results = time.time(), {}
-    paths = [result_path(experiment, cfg, tagged) for cfg in configs]
-    groups = {}  # runs whose M0s are not trained yet wait for them in one worker; the others run on their own
-    for cfg, path in zip(configs, paths):
-        key = path if all(map(os.path.exists, pretrained_models(cfg))) else (cfg.task, cfg.seed)
-        groups.setdefault(key, []).append((cfg, path))
-    bar = tqdm(total=len(configs), desc=experiment, unit="run", file=sys.stdout)
-
-    def finished(runs, outcome):
-        for (cfg, path), result in zip(runs, outcome):
-            f = result["final"]
-            bar.write(f"  {cfg.task} {cfg.name}: Self {f['self']:.3f} Orig {f['orig']:.3f} gap {f['gap']:+.3f} "
-                      f"flipped {f['n_flipped']} agreement {f['agreement']:.2f} ({result['seconds']:.0f} s)")
-            results[path] = result
-            bar.update()
-
-    if jobs == 1:
-        for runs in groups.values():
-            finished(runs, run_group(runs, analyse))
-    else:
-        spawn = multiprocessing.get_context("spawn")  # a clean process per worker, same on every OS
-        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=spawn) as pool:
-            futures = {pool.submit(run_group, runs, analyse): runs for runs in groups.values()}
-            for future in concurrent.futures.as_completed(futures):
-                finished(futures[future], future.result())
-    bar.close()
-    print(f"{experiment}: {len(results)} runs in {time.time() - t0:.0f} s")
-    return [results[path] for path in paths]
+    """One suite's results (see run_suites)."""
+    return run_suites([(experiment, configs, tagged, analyse)], jobs)[0]
 
 
 def load_results(experiment):
@@ -978,7 +1018,7 @@ def build_parser():
     everything = sub.add_parser("reproduce-all", help="the main result, then every sweep, then the report")
     for p in (quick, reproduce, sweep, everything):
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-        p.add_argument("--jobs", type=int, default=0, help="runs in parallel (default: one per CPU core, 1 on a GPU)")
+        p.add_argument("--jobs", type=int, default=0, help="runs in parallel (default: one per CPU core; on CUDA up to 4)")
     report = sub.add_parser("report", help="figures and REPORT.md from saved results")
     report.add_argument("--experiment", default="main",
                         help="a folder under results/ (main writes ./REPORT.md, others results/NAME/REPORT.md)")
@@ -1014,9 +1054,8 @@ def main(argv=None):
                       analyse=False)
             write_report("main")
         elif args.command == "reproduce-all":
-            run_suite("main", main_configs(device=args.device), jobs=jobs(args))
-            for name in SWEEPS:
-                run_suite(name, sweep_configs(name, device=args.device), True, jobs(args), analyse=False)
+            run_suites([("main", main_configs(device=args.device), False, True)] +
+                       [(name, sweep_configs(name, device=args.device), True, False) for name in SWEEPS], jobs(args))
             write_report("main")
         elif args.command == "report":
             name = args.experiment

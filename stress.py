@@ -22,7 +22,7 @@ import os
 import numpy as np
 
 from eval import (DEFAULT_SHIFT, FIGURES, RESULTS, RunConfig, _fmt, _save_figure, default_jobs, load_results, mean_ci,
-                  plot_runs, pyplot, result_path, run_suite)
+                  plot_runs, pyplot, result_path, run_suites)
 from train import ExplainConfig, PretrainConfig
 
 EXPERIMENT = "stress"
@@ -251,14 +251,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Stress tests: phase diagrams, probes, the two-hop task.")
     parser.add_argument("command", nargs="?", default="run", choices=("run", "report"))
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    parser.add_argument("--jobs", type=int, default=0, help="runs in parallel (default: one per CPU core, 1 on a GPU)")
+    parser.add_argument("--jobs", type=int, default=0, help="runs in parallel (default: one per CPU core; on CUDA up to 4)")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
             headline, grid = stress_configs(args.device)
             jobs = args.jobs or default_jobs(args.device)
-            results = run_suite(EXPERIMENT, headline, True, jobs) + run_suite(EXPERIMENT, grid, True, jobs,
-                                                                              analyse=False)
+            results = sum(run_suites([(EXPERIMENT, headline, True, True), (EXPERIMENT, grid, True, False)], jobs), [])
         else:
             results = load_results(EXPERIMENT)
             if not results:

@@ -167,16 +167,30 @@ def test_a_killed_suite_resumes_to_the_same_results_without_redoing_finished_run
 
 
 def test_parallel_runs_give_the_same_results_as_one_at_a_time(tmp_path, monkeypatch):
-    configs = [tiny_config(seed) for seed in (1, 2, 3)]
+    # the last run needs the first one's M0: in parallel it waits until that model is pretrained
+    configs = [tiny_config(seed) for seed in (1, 2, 3)] + [tiny_config(1, label_noise=0.25)]
     curves = []
     for jobs in (1, 2):
         (tmp_path / str(jobs)).mkdir()
         monkeypatch.chdir(tmp_path / str(jobs))  # results/ and runs/ of their own
-        results = ev.run_suite("parallel", configs, jobs=jobs)
-        assert [r["config"]["seed"] for r in results] == [1, 2, 3]  # in the order asked
+        results = ev.run_suite("parallel", configs, tagged=True, jobs=jobs)
+        assert [r["config"]["seed"] for r in results] == [1, 2, 3, 1]  # in the order asked
+        assert results[3]["config"]["label_noise"] == 0.25
         curves.append(ev._nan_to_none([[{k: v for k, v in p.items() if k != "seconds"} for p in r["curve"]]
                                        for r in results]))
     assert curves[0] == curves[1]
+
+
+def test_a_config_asked_for_by_two_suites_runs_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    calls = []
+    run = ev.run_coupling
+    monkeypatch.setattr(ev, "run_coupling", lambda cfg, *a, **kw: calls.append(cfg) or run(cfg, *a, **kw))
+    first, second = ev.run_suites([("one", [tiny_config()], False, True), ("two", [tiny_config()], True, False)])
+    assert len(calls) == 1 and first == second
+    assert {p.parent.parent.name for p in (tmp_path / "results").rglob("*.json")} == {"one", "two"}
+    ev.run_suites([("one", [tiny_config()], False, True)])
+    assert len(calls) == 1  # loaded, not run again
 
 
 def test_the_trigger_shift_asks_about_a_word_no_label_mentions(tmp_path):
