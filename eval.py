@@ -560,10 +560,10 @@ def run_suites(suites, jobs=1):
                unit="run", file=sys.stdout)
     for runs, (_, _, _, analyse) in zip(asked, suites):
         for cfg, path in runs:
-            saved = saved_result(cfg, path) or saved_result(cfg, result_path("main", cfg))
-            if saved:
-                if not os.path.exists(path):
-                    write_json(saved, path)
+            saved = saved_result(cfg, path)
+            if saved is None and (saved := saved_result(cfg, result_path("main", cfg))) is not None:
+                write_json(saved, path)  # replaces a result of another config left at path
+            if saved is not None:
                 results[path] = saved
                 bar.update()
                 continue
