@@ -180,7 +180,7 @@ def behaviour_accuracy(model, task, world, cases):
 @torch.no_grad()
 def case_logprobs(model, task, cases, batch_size=512):
     """The model's answer-set log-probabilities for each case, batched: a CPU tensor [N, n_answers].
-    Batches of 512 stay in the CPU's caches: 1.5x faster than 1024, with the same numbers."""
+    Batches of 512 measured 8% faster than 1024 on one CPU thread, with the same numbers."""
     out = [model.answer_logprobs([task.encode(c) for c in cases[i: i + batch_size]], task.answer_ids).cpu()
            for i in range(0, len(cases), batch_size)]
     return torch.cat(out) if out else torch.zeros(0, len(task.answers))
