@@ -558,7 +558,7 @@ def run_suites(suites, jobs=1):
     names = list(dict.fromkeys(experiment for experiment, *_ in suites))
     bar = tqdm(total=sum(map(len, asked)), desc=names[0] if len(names) == 1 else f"{len(names)} experiments",
                unit="run", file=sys.stdout)
-    for runs, (_, _, _, analyse) in zip(asked, suites):
+    for runs, (experiment, _, _, analyse) in zip(asked, suites):
         for cfg, path in runs:
             saved = saved_result(cfg, path)
             if saved is None and (saved := saved_result(cfg, result_path("main", cfg))) is not None:
@@ -567,14 +567,14 @@ def run_suites(suites, jobs=1):
                 results[path] = saved
                 bar.update()
                 continue
-            entry = todo.setdefault(json.dumps(asdict(cfg), sort_keys=True), {"cfg": cfg, "paths": [],
-                                                                            "analyse": False})
+            entry = todo.setdefault(json.dumps(asdict(cfg), sort_keys=True),
+                                    {"cfg": cfg, "experiment": experiment, "paths": [], "analyse": False})
             entry["paths"].append(path)
             entry["analyse"] |= analyse
 
     def finished(entry, result):
         f, cfg = result["final"], entry["cfg"]
-        bar.write(f"  {entry['paths'][0].split(os.sep)[-3]} {cfg.task} {cfg.name}: Self {f['self']:.3f} "
+        bar.write(f"  {entry['experiment']} {cfg.task} {cfg.name}: Self {f['self']:.3f} "
                   f"Orig {f['orig']:.3f} gap {f['gap']:+.3f} flipped {f['n_flipped']} agreement "
                   f"{f['agreement']:.2f} ({result['seconds']:.0f} s)")
         results.update(dict.fromkeys(entry["paths"], result))
