@@ -994,6 +994,9 @@ def parse_list(text, name, kind):
     return values
 
 
+JOBS_HELP = "runs in parallel (default: one per CPU core; on CUDA up to 4)"
+
+
 def jobs(args):
     return args.jobs or default_jobs(args.device)
 
@@ -1018,7 +1021,7 @@ def build_parser():
     everything = sub.add_parser("reproduce-all", help="the main result, then every sweep, then the report")
     for p in (quick, reproduce, sweep, everything):
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-        p.add_argument("--jobs", type=int, default=0, help="runs in parallel (default: one per CPU core; on CUDA up to 4)")
+        p.add_argument("--jobs", type=int, default=0, help=JOBS_HELP)
     report = sub.add_parser("report", help="figures and REPORT.md from saved results")
     report.add_argument("--experiment", default="main",
                         help="a folder under results/ (main writes ./REPORT.md, others results/NAME/REPORT.md)")

@@ -21,8 +21,8 @@ import os
 
 import numpy as np
 
-from eval import (DEFAULT_SHIFT, FIGURES, RESULTS, RunConfig, _fmt, _save_figure, default_jobs, load_results, mean_ci,
-                  plot_runs, pyplot, result_path, run_suites)
+from eval import (DEFAULT_SHIFT, FIGURES, JOBS_HELP, RESULTS, RunConfig, _fmt, _save_figure, jobs, load_results,
+                  mean_ci, plot_runs, pyplot, result_path, run_suites)
 from train import ExplainConfig, PretrainConfig
 
 EXPERIMENT = "stress"
@@ -251,13 +251,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Stress tests: phase diagrams, probes, the two-hop task.")
     parser.add_argument("command", nargs="?", default="run", choices=("run", "report"))
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    parser.add_argument("--jobs", type=int, default=0, help="runs in parallel (default: one per CPU core; on CUDA up to 4)")
+    parser.add_argument("--jobs", type=int, default=0, help=JOBS_HELP)
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
             headline, grid = stress_configs(args.device)
-            jobs = args.jobs or default_jobs(args.device)
-            results = sum(run_suites([(EXPERIMENT, headline, True, True), (EXPERIMENT, grid, True, False)], jobs), [])
+            results = sum(run_suites([(EXPERIMENT, headline, True, True), (EXPERIMENT, grid, True, False)],
+                                     jobs(args)), [])
         else:
             results = load_results(EXPERIMENT)
             if not results:
