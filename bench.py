@@ -24,12 +24,16 @@ from train import PretrainConfig, lr_at, new_model, new_optimizer, pretrain_loss
 
 
 def seconds_per_call(fn, repeats, warmup=3):
+    """The median time of `repeats` calls: on a shared machine a neighbour's burst of work slows a few
+    calls, and the median ignores them where a mean would not."""
     for _ in range(warmup):
         fn()
-    t0 = time.perf_counter()
+    times = []
     for _ in range(repeats):
+        t0 = time.perf_counter()
         fn()
-    return (time.perf_counter() - t0) / repeats
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
 
 
 def matmul_peak(device):
@@ -74,7 +78,7 @@ def evaluation_speed(cfg, device, n_items):
     split = task.split(cfg.seed, n_eval=n_items)
     model = new_model(cfg, device).eval()
     items = split.eval_items
-    batched = seconds_per_call(lambda: behaviour(model, task, items), repeats=3, warmup=1)
+    batched = seconds_per_call(lambda: behaviour(model, task, items), repeats=9, warmup=1)
 
     @torch.no_grad()
     def one_at_a_time():
@@ -82,7 +86,7 @@ def evaluation_speed(cfg, device, n_items):
             model.answer_logprobs([task.encode(case)], task.answer_ids)
         synchronize(None, device)
 
-    looped = seconds_per_call(one_at_a_time, repeats=1, warmup=0)
+    looped = seconds_per_call(one_at_a_time, repeats=3, warmup=0)
     return {"pairs": len(items), "batched_pairs_per_second": len(items) / batched,
             "looped_pairs_per_second": len(items) / looped, "batched_speedup": looped / batched}
 

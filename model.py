@@ -64,6 +64,7 @@ def apply_rotary(x, rotary):
     """Rotate pairs of channels by position. Attention then depends on relative positions only, so an
     explanation written at positions longer than any task prompt needs no new position parameters."""
     cos, sin = rotary
+    x = x.contiguous()  # the heads are a strided view of qkv: elementwise work on it ran 2.5x slower
     x1, x2 = x.chunk(2, dim=-1)  # channel i is paired with channel i + head_dim / 2
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
