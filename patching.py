@@ -17,7 +17,9 @@ Components, for each layer l: "L{l} attn" (the attention output added to the res
 model.py stays as it is. x and x\\C differ in length (C's tokens are gone), so only the positions of their
 common suffix are patched, aligned from the end of each sequence. The suffix tokens are the same in both
 runs, so at layer 0 C can reach them only through attention: there "L0 attn" and "L0 resid" have one effect.
-The items are the cases on which the model's own greedy answer changes when C is removed.
+The items are the cases on which removing C changes both the model's own greedy answer and its
+explanation's verdict: where the verdict stays put, the explanation effect would be a ratio over a
+difference of about zero (measured: up to -4.7 at one component when every item was used).
 
 Two outputs are measured, each as a difference of two logits at the last position:
   behaviour:   prompt = the task prompt, suffix = the answer slot (" answer :"),
@@ -135,36 +137,45 @@ def effect(m_clean, m_source, m_patched):
     return float((np.mean(m_patched) - np.mean(m_clean)) / denominator)
 
 
-def _effects(model, clean, source, suffix, plus, minus):
-    """Per component effect, plus the clean and source metric means (what the effects are scaled by)."""
-    m_clean, m_source, patched = patched_metrics(model, clean, source, suffix, plus, minus)
-    means = {"clean": float(np.mean(m_clean)) if len(m_clean) else float("nan"),
-             "source": float(np.mean(m_source)) if len(m_source) else float("nan")}
-    return [effect(m_clean, m_source, patched[name]) for name in component_names(model)], means
+def _effects(metrics, names, rows):
+    """Per component effect over the items `rows` of patched_metrics' output, plus the clean and source
+    metric means there (what the effects are scaled by)."""
+    m_clean, m_source, patched = metrics
+    means = {"clean": float(np.mean(m_clean[rows])) if len(rows) else float("nan"),
+             "source": float(np.mean(m_source[rows])) if len(rows) else float("nan")}
+    return [effect(m_clean[rows], m_source[rows], patched[name][rows]) for name in names], means
 
 
 def patching_effects(model, task, items, max_items=256):
     """Behaviour and explanation effect of every component, over the first max_items of `items` (cases
-    with C) on which the model's own greedy answer changes when C is removed.
+    with C) on which removing C changes both the model's own greedy answer and its explanation's
+    verdict (the sign of logit(become) - logit(remain)). Where the verdict stays put, the explanation
+    effect would be a ratio over a difference of about zero.
 
-    Returns a JSON-serialisable dict: n_items, components (names in order), behaviour and explanation
+    Returns a JSON-serialisable dict: n_items, n_answer_changed (items whose answer changes, before
+    the verdict is required to change too), components (names in order), behaviour and explanation
     (one effect per component, nan where undefined), and metric_means: the mean clean and source metric
     of each, the scale the effects are measured on."""
     items = list(items)
     with_c, without_c = behaviour(model, task, items)
-    changed = np.flatnonzero(with_c != without_c)[:max_items]
+    changed = np.flatnonzero(with_c != without_c)
     cases = [items[i] for i in changed]
     a_c, a_noc = with_c[changed], without_c[changed]
     answer_ids = np.array(task.answer_ids)
-    behaviour_effects, behaviour_means = _effects(
+    behaviour_metrics = patched_metrics(
         model, [task.encode(c) for c in cases], [task.encode(task.without_feature(c)) for c in cases],
         encode(task.slot), answer_ids[a_noc], answer_ids[a_c])
-    explanation_effects, explanation_means = _effects(
+    explanation_metrics = patched_metrics(
         model, [encode(explanation_query(task, c) + WOULD) for c in cases],
         [encode(explanation_query(task, task.without_feature(c)) + WOULD) for c in cases],
         encode(QUERY.format(feature=task.feature) + WOULD),
         np.full(len(cases), token_id("become")), np.full(len(cases), token_id("remain")))
-    return {"n_items": len(cases), "components": component_names(model),
+    verdict_with_c, verdict_without_c, _ = explanation_metrics
+    rows = np.flatnonzero(np.sign(verdict_with_c) != np.sign(verdict_without_c))[:max_items]
+    names = component_names(model)
+    behaviour_effects, behaviour_means = _effects(behaviour_metrics, names, rows)
+    explanation_effects, explanation_means = _effects(explanation_metrics, names, rows)
+    return {"n_items": len(rows), "n_answer_changed": len(cases), "components": names,
             "behaviour": behaviour_effects, "explanation": explanation_effects,
             "metric_means": {"behaviour": behaviour_means, "explanation": explanation_means}}
 
@@ -238,12 +249,15 @@ def patching_table(results):
     """Markdown: mean effect of each component on the answer and on the explanation, per task."""
     profiles = mean_profiles(results)
     names = next(iter(profiles.values()))[0]
-    rows = ["| task | runs | items per run | effect on | " + " | ".join(names) + " | correlation (attn/mlp) |",
-            "|---" * (5 + len(names)) + "|"]
+    rows = ["| task | runs | items per run (of answer changed) | effect on | " + " | ".join(names)
+            + " | correlation (attn/mlp) |", "|---" * (5 + len(names)) + "|"]
     for task, (_, behaviour_mean, explanation_mean, r, runs) in profiles.items():
         items = np.mean([run["patching"]["n_items"] for run in runs])
+        # results from before the verdict had to change too (commit c11c66c and older) lack the count
+        changed = np.mean([run["patching"].get("n_answer_changed", np.nan) for run in runs])
+        count = f"{items:.0f} ({'n/a' if math.isnan(changed) else f'{changed:.0f}'})"
         for kind, mean in (("answer", behaviour_mean), ("explanation", explanation_mean)):
             cells = " | ".join("n/a" if math.isnan(v) else f"{v:+.2f}" for v in mean)
-            rows.append(f"| {task} | {len(runs)} | {items:.0f} | {kind} | {cells} | "
+            rows.append(f"| {task} | {len(runs)} | {count} | {kind} | {cells} | "
                         f"{'n/a' if math.isnan(r) else f'{r:+.2f}'} |")
     return "\n".join(rows)

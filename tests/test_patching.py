@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from data import encode, get_task, token_id
-from explain import QUERY, explanation_query
+from explain import QUERY, behaviour, explanation_query
 from patching import component_names, effect, patched_metrics, patching_effects, plot_patching
 from train import PretrainConfig, new_model, pretrain
 
@@ -117,7 +117,15 @@ def test_patching_effects_on_a_briefly_trained_model(tmp_path_factory):
     trained, _ = pretrain(cfg, str(tmp_path_factory.mktemp("m0") / "m0.pt"), log=lambda *a: None)
     items = TASK.split(0, 50, 200).eval_items
     result = patching_effects(trained, TASK, items, max_items=20)
-    assert result["n_items"] == 20
+    assert 0 < result["n_items"] <= 20 and result["n_items"] <= result["n_answer_changed"]
+    # The items kept are those whose explanation verdict also changes when the hint is removed.
+    with_c, without_c = behaviour(trained, TASK, items)
+    changed = [c for c, a, b in zip(items, with_c, without_c) if a != b]
+    assert len(changed) == result["n_answer_changed"]
+    verdict = {c: [trained.answer_logprobs([encode(explanation_query(TASK, case) + " would")],
+                                           [token_id("become"), token_id("remain")])[0].argmax().item()
+                   for case in (c, TASK.without_feature(c))] for c in changed}
+    assert result["n_items"] == min(20, sum(v[0] != v[1] for v in verdict.values()))
     assert set(result) >= {"n_items", "components", "behaviour", "explanation"}
     last = result["components"].index(f"L{len(trained.blocks) - 1} resid")
     assert result["behaviour"][last] == pytest.approx(1.0, abs=1e-4)
