@@ -876,7 +876,8 @@ def circuits_section(runs, experiment, report_dir):
 ## Shared circuits: activation patching
 
 Do the answer and the explanation of it depend on the same components? In each final explainer (with KL),
-on the held-out items whose answer changes when C is removed, one component's output (attention or MLP
+on the held-out items where removing C changes both the answer and the explanation's verdict (a run with
+no such item has no profile and is left out), one component's output (attention or MLP
 of a layer, or the residual stream after it) is copied from the run without C into the run with C, at the
 positions of the shared suffix (the answer slot; the explanation query and " would"). Effect: the fraction
 of the change in the answer's logit difference (or in logit(become) - logit(remain)) that this one patch

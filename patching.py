@@ -198,12 +198,13 @@ def _nanmean(rows):
 
 def mean_profiles(results):
     """{task: (component names, mean behaviour effects, mean explanation effects, correlation, runs)}
-    over the results holding patching effects. The correlation is over the attention and MLP outputs
+    over the results holding patching effects on at least one item (a run with none has no profile to
+    average; patching_table counts only the runs that have one). The correlation is over the attention and MLP outputs
     only: the residual-stream entries are sums of those ("L0 resid" equals "L0 attn" at the suffix, the
     last "resid" is 1 by construction)."""
     by_task = {}
     for result in results:
-        if result.get("patching"):
+        if result.get("patching") and result["patching"]["n_items"]:
             by_task.setdefault(result["config"]["task"], []).append(result)
     profiles = {}
     for task, runs in sorted(by_task.items()):
@@ -234,7 +235,7 @@ def plot_patching(results, path):
                 ax.plot(x + offset, [np.nan if v is None else v for v in run["patching"][kind]], "o",
                         color=color, markersize=3)
         seeds = ", ".join(str(run["config"]["seed"]) for run in runs)
-        ax.set_title(f"{task} (seeds {seeds}): correlation of the attn/mlp profiles "
+        ax.set_title(f"{task} (seed{'s' if len(runs) > 1 else ''} {seeds}): correlation of the attn/mlp profiles "
                      f"{'n/a' if math.isnan(r) else f'{r:+.2f}'}")
         ax.axhline(0, color="gray", linewidth=0.5)
         ax.axhline(1, color="gray", linewidth=0.5, linestyle=":")
@@ -249,7 +250,7 @@ def patching_table(results):
     """Markdown: mean effect of each component on the answer and on the explanation, per task."""
     profiles = mean_profiles(results)
     names = next(iter(profiles.values()))[0]
-    rows = ["| task | runs | items per run (of answer changed) | effect on | " + " | ".join(names)
+    rows = ["| task | runs with items | items per run (of answer changed) | effect on | " + " | ".join(names)
             + " | correlation (attn/mlp) |", "|---" * (5 + len(names)) + "|"]
     for task, (_, behaviour_mean, explanation_mean, r, runs) in profiles.items():
         items = np.mean([run["patching"]["n_items"] for run in runs])

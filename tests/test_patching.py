@@ -7,7 +7,7 @@ import torch
 
 from data import encode, get_task, token_id
 from explain import QUERY, behaviour, explanation_query
-from patching import component_names, effect, patched_metrics, patching_effects, plot_patching
+from patching import component_names, effect, mean_profiles, patched_metrics, patching_effects, plot_patching
 from train import PretrainConfig, new_model, pretrain
 
 TASK = get_task("hint")
@@ -147,3 +147,13 @@ def test_plot_patching_draws_one_panel_per_task(tmp_path):
     assert path.stat().st_size > 0
     with pytest.raises(ValueError, match="no result holds patching"):
         plot_patching([{"config": {"task": "hint", "seed": 0}}], str(path))
+
+
+def test_a_run_without_items_is_left_out_of_the_mean_profile():
+    names = ["L0 attn", "L0 mlp", "L0 resid"]
+    runs = [{"config": {"task": "hint", "seed": seed},
+             "patching": {"n_items": n, "components": names, "behaviour": effects, "explanation": effects}}
+            for seed, n, effects in ((0, 5, [0.2, 0.4, 1.0]), (1, 0, [None, None, None]))]
+    _, behaviour_mean, _, _, kept = mean_profiles(runs)["hint"]
+    assert [run["config"]["seed"] for run in kept] == [0]
+    assert behaviour_mean.tolist() == [0.2, 0.4, 1.0]
