@@ -199,9 +199,9 @@ def _nanmean(rows):
 def mean_profiles(results):
     """{task: (component names, mean behaviour effects, mean explanation effects, correlation, runs)}
     over the results holding patching effects on at least one item (a run with none has no profile to
-    average; patching_table counts only the runs that have one). The correlation is over the attention and MLP outputs
-    only: the residual-stream entries are sums of those ("L0 resid" equals "L0 attn" at the suffix, the
-    last "resid" is 1 by construction)."""
+    average; patching_table counts only the runs that have one). The correlation is over the attention
+    and MLP outputs only: the residual-stream entries are sums of those ("L0 resid" equals "L0 attn" at
+    the suffix, the last "resid" is 1 by construction)."""
     by_task = {}
     for result in results:
         if result.get("patching") and result["patching"]["n_items"]:
