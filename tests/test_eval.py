@@ -83,11 +83,12 @@ def test_bad_run_settings_are_refused(kw, message):
 
 def test_command_line_flags_reach_every_part_of_the_config():
     args = ev.build_parser().parse_args(["run", "--task", "judgement", "--seed", "4", "--pretrain-steps", "7",
-                                         "--lr", "0.01", "--shift-size", "0.1", "--no-kl"])
+                                         "--lr", "0.01", "--weight-decay", "0.2", "--shift-size", "0.1", "--no-kl"])
     cfg = ev.config_from_args(args)
     assert (cfg.task, cfg.seed, cfg.pretrain.steps, cfg.pretrain.task, cfg.pretrain.seed) == ("judgement", 4, 7,
                                                                                                 "judgement", 4)
     assert cfg.explain.lr == 0.01 and cfg.explain.kl_weight == 0.0 and cfg.shift_size == 0.1
+    assert cfg.explain.weight_decay == 0.2
 
 
 def test_a_bad_flag_value_exits_with_one_line(capsys):

@@ -130,6 +130,21 @@ def test_lora_rank_zero_trains_everything_and_rank_r_only_the_adapters_and_embed
         train.ExplainConfig(lora_rank=-1)
 
 
+def test_weight_decay_shrinks_the_trained_weights_towards_zero():
+    """AdamW's decay is decoupled: with a zero gradient each weight is multiplied by 1 - lr * weight_decay."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, n_layer=1, n_head=2, n_embd=16))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = train.new_optimizer(model, 1e-2, weight_decay=0.5)
+    loss = sum(p.sum() for p in model.parameters()) * 0.0
+    train.take_step(model, optimizer, loss, 1e-2)
+    for n, p in model.named_parameters():
+        assert torch.allclose(p, before[n] * (1 - 1e-2 * 0.5))
+    assert train.ExplainConfig().weight_decay > 0  # the default regime decays (README, "Weight decay")
+    with pytest.raises(ValueError, match="weight_decay=-0.1 must be >= 0"):
+        train.ExplainConfig(weight_decay=-0.1)
+
+
 def test_a_sharp_shift_changes_nothing_before_its_step():
     """Until the shift's start, a run with a scheduled shift trains exactly as a run without one."""
     torch.manual_seed(0)
