@@ -15,7 +15,7 @@ import argparse
 import math
 import os
 import time
-from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 
 import numpy as np
 import torch
@@ -81,15 +81,16 @@ def _default(f):
 
 
 def with_defaults(saved, cls):
-    """A config dict saved by an older version, completed with cls's defaults for the fields added since
-    (a new field's default keeps the old behaviour), so that old checkpoints and results stay valid."""
+    """A config dict saved by an older version, completed for the fields added since: with the value the
+    code had before the field existed (its metadata's "absent_means") or else its default, so that old
+    checkpoints and results stay valid, and an old result never passes for a run of a changed default."""
     full = dict(saved)
     for f in fields(cls):
         default = _default(f)
         if is_dataclass(default):
             full[f.name] = with_defaults(saved.get(f.name, {}), type(default))
         elif f.name not in saved:
-            full[f.name] = default
+            full[f.name] = f.metadata.get("absent_means", default)
     return full
 
 
@@ -289,7 +290,9 @@ class ExplainConfig:
     grad_clip: float = 1.0
     eval_every: int = 50
     lora_rank: int = 0  # 0: full fine-tuning; r > 0: only rank-r adapters and the embedding train
-    weight_decay: float = 0.1  # AdamW's, on every trained weight; chosen on fresh seeds 50-59 (README)
+    # AdamW's, on every trained weight; chosen on fresh seeds 50-59 (README). Results saved before the
+    # field existed were made without decay.
+    weight_decay: float = field(default=0.1, metadata={"absent_means": 0.0})
 
     def __post_init__(self):
         for name in ("steps", "explain_batch", "shift_batch", "kl_batch", "eval_every"):
@@ -392,9 +395,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Pretrain M0 on a task's behaviour.")
     parser.add_argument("--task", default="hint", help=f"one of: {', '.join(TASKS)}")
     parser.add_argument("--out", default=None, help="checkpoint path (default runs/TASK/seedSEED/m0.pt)")
-    for field, default in asdict(PretrainConfig()).items():
-        if field != "task":
-            parser.add_argument(f"--{field.replace('_', '-')}", type=type(default), default=default)
+    for name, default in asdict(PretrainConfig()).items():
+        if name != "task":
+            parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
     args = vars(parser.parse_args(argv))
     out = args.pop("out")
     try:

@@ -171,4 +171,7 @@ def test_old_configs_stay_valid_when_a_field_is_added():
     old = asdict(train.PretrainConfig(seed=3))
     del old["world_seed"]  # as saved before world_seed existed
     assert train.with_defaults(old, train.PretrainConfig) == asdict(train.PretrainConfig(seed=3))
+    before_decay = asdict(train.ExplainConfig())
+    del before_decay["weight_decay"]  # saved before stage B had weight decay: made without it
+    assert train.with_defaults(before_decay, train.ExplainConfig) == asdict(train.ExplainConfig(weight_decay=0.0))
     assert train.non_defaults(train.PretrainConfig(seed=3, n_embd=32)) == {"seed": 3, "n_embd": 32}
