@@ -8,6 +8,9 @@ the source run's output is that component's effect:
 
     effect = (mean m_patched - mean m_clean) / (mean m_source - mean m_clean)
 
+with each item's metric signed so that removing C raises it (m_source > m_clean on every item; a verdict
+can flip in either direction, and unsigned, the two directions would cancel in the means).
+
 0: the component carries nothing of C's influence; 1: patching it alone reproduces removing C. A ratio of
 means stays finite where a per-item ratio would not; with no items, or a denominator of about zero, the
 effect is nan (null in JSON), never a silent division by zero.
@@ -139,11 +142,15 @@ def effect(m_clean, m_source, m_patched):
 
 def _effects(metrics, names, rows):
     """Per component effect over the items `rows` of patched_metrics' output, plus the clean and source
-    metric means there (what the effects are scaled by)."""
+    metric means there (what the effects are scaled by). Each item's metric is first signed so that
+    removing C raises it: a verdict can flip either way (become -> remain or remain -> become), and
+    unsigned, items flipping in opposite directions cancel in the means."""
     m_clean, m_source, patched = metrics
-    means = {"clean": float(np.mean(m_clean[rows])) if len(rows) else float("nan"),
-             "source": float(np.mean(m_source[rows])) if len(rows) else float("nan")}
-    return [effect(m_clean[rows], m_source[rows], patched[name][rows]) for name in names], means
+    sign = np.where(m_source[rows] >= m_clean[rows], 1.0, -1.0)
+    m_clean, m_source = sign * m_clean[rows], sign * m_source[rows]
+    means = {"clean": float(np.mean(m_clean)) if len(rows) else float("nan"),
+             "source": float(np.mean(m_source)) if len(rows) else float("nan")}
+    return [effect(m_clean, m_source, sign * patched[name][rows]) for name in names], means
 
 
 def patching_effects(model, task, items, max_items=256):
@@ -155,7 +162,7 @@ def patching_effects(model, task, items, max_items=256):
     Returns a JSON-serialisable dict: n_items, n_answer_changed (items whose answer changes, before
     the verdict is required to change too), components (names in order), behaviour and explanation
     (one effect per component, nan where undefined), and metric_means: the mean clean and source metric
-    of each, the scale the effects are measured on."""
+    of each (signed per item as in _effects), the scale the effects are measured on."""
     items = list(items)
     with_c, without_c = behaviour(model, task, items)
     changed = np.flatnonzero(with_c != without_c)

@@ -7,7 +7,7 @@ import torch
 
 from data import encode, get_task, token_id
 from explain import QUERY, behaviour, explanation_query
-from patching import component_names, effect, mean_profiles, patched_metrics, patching_effects, plot_patching
+from patching import _effects, component_names, effect, mean_profiles, patched_metrics, patching_effects, plot_patching
 from train import PretrainConfig, new_model, pretrain
 
 TASK = get_task("hint")
@@ -101,6 +101,15 @@ def test_effect_is_nan_without_items_or_without_a_difference():
     assert math.isnan(effect(np.zeros(0), np.zeros(0), np.zeros(0)))
     assert math.isnan(effect(np.ones(3), np.ones(3) + 1e-9, np.ones(3)))
     assert effect(np.array([0.0, 2.0]), np.array([4.0, 6.0]), np.array([1.0, 3.0])) == pytest.approx(0.25)
+
+
+def test_items_flipping_in_opposite_directions_do_not_cancel():
+    """One verdict flips become -> remain, the other remain -> become; the patch moves each halfway."""
+    m_clean, m_source = np.array([2.0, -2.0]), np.array([-2.0, 2.0])
+    patched = {"L0 attn": np.array([0.0, 0.0])}
+    assert math.isnan(effect(m_clean, m_source, patched["L0 attn"]))  # unsigned: the means cancel
+    effects, means = _effects((m_clean, m_source, patched), ["L0 attn"], np.arange(2))
+    assert effects == [pytest.approx(0.5)] and means == {"clean": -2.0, "source": 2.0}
 
 
 def test_no_items_gives_nan_effects_not_an_exception(model):
