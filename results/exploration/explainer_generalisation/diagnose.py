@@ -1,7 +1,10 @@
-"""Run from the repository root: PYTHONPATH=. python results/exploration/explainer_generalisation/diagnose.py TASK SEED
-(writes TASK_seedSEED.json in the current folder). Why does an explainer fail? Rerun one main-result KL run with a hook that, at every evaluation, also
-scores the explanations on the 300 TRAINING items (against their frozen labels and the current behaviour)
-and records the verdict mix on held-out items."""
+"""Why does an explainer fail? Rerun one main-result KL run with a hook that, at every evaluation, also
+scores the explanations on the 300 training items (against their frozen labels and the current behaviour)
+and records the verdict mix on held-out items. From the repository root:
+
+    PYTHONPATH=. python results/exploration/explainer_generalisation/diagnose.py TASK SEED [WEIGHT_DECAY]
+
+writes TASK_seedSEED.json in the current folder."""
 import json, sys
 import eval as ev
 import train
