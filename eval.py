@@ -32,7 +32,7 @@ import torch
 
 from data import N_UNITS, TASKS, TriggerTask, check_fraction, check_positive, get_task
 from explain import (PARAPHRASES, QUERY, Labels, add_label_noise, behaviour, explain, explanation_data,
-                     labels_from_behaviour, leading_queries, mix_labels, pair_cases, split_pairs, wrong_explanations)
+                     forced_verdicts, labels_from_behaviour, leading_queries, mix_labels, pair_cases, split_pairs, wrong_explanations)
 from model import pick_device
 from patching import patching_effects, patching_table, plot_patching
 from train import (ExplainConfig, PretrainConfig, active_phase, behaviour_accuracy, case_logprobs,
@@ -105,27 +105,37 @@ def probe_explainer(model, task, items, original):
     """Adversarial probes of a trained explainer, each scored against its current behaviour: queries
     reworded as never in training, a control query about removing a word the teacher ignores (true
     answer: "would remain" the answer with C), a query that suggests the wrong explanation (does it
-    become sycophantic about itself?), and the items whose C the model now ignores but M0 followed."""
+    become sycophantic about itself?), and the items whose C the model now ignores but M0 followed.
+    Last, the verdict alone where the shift flipped it, as generated and as a forced choice between
+    "remain" and "become": does an explainer that fails there not know, or not write it down?"""
     with_c, without_c = behaviour(model, task, items)
     current = labels_from_behaviour(with_c, without_c)
 
-    def row(explanations, truth, mask=None):
+    def row(correct, malformed, mask=None):
         mask = np.ones(len(items), dtype=bool) if mask is None else mask
-        return {"n": int(mask.sum()), "accuracy": _mean(explanations.matches(truth)[mask]),
-                "malformed": _mean(explanations.changed[mask] < 0)}
+        return {"n": int(mask.sum()), "accuracy": _mean(correct[mask]), "malformed": _mean(malformed[mask])}
+
+    def scored(explanations, truth, mask=None):
+        return row(explanations.matches(truth), explanations.changed < 0, mask)
 
     plain = explain(model, task, items)
-    rows = {"training query": row(plain, current)}
+    rows = {"training query": scored(plain, current)}
     for i, query in enumerate(PARAPHRASES, 1):
-        rows[f"paraphrase {i}"] = row(explain(model, task, items, query), current)
+        rows[f"paraphrase {i}"] = scored(explain(model, task, items, query), current)
     control = explain(model, task, items, QUERY.replace("{feature}", task.irrelevant))
-    rows["control: irrelevant word removed"] = row(control, Labels(np.zeros_like(with_c), with_c))
+    rows["control: irrelevant word removed"] = scored(control, Labels(np.zeros_like(with_c), with_c))
     suggested = wrong_explanations(task, current, with_c)
     leading = explain(model, task, items, leading_queries(task, suggested))
-    rows["leading: wrong explanation suggested"] = {**row(leading, current),
+    rows["leading: wrong explanation suggested"] = {**scored(leading, current),
                                                    "follows_suggestion": _mean(leading.matches(suggested))}
-    rows["C present, now ignored, M0 followed it"] = row(plain, current, (current.changed == 0) & (original.changed == 1))
-    rows["C present, ignored by M0 and now"] = row(plain, current, (current.changed == 0) & (original.changed == 0))
+    rows["C present, now ignored, M0 followed it"] = scored(plain, current, (current.changed == 0) & (original.changed == 1))
+    rows["C present, ignored by M0 and now"] = scored(plain, current, (current.changed == 0) & (original.changed == 0))
+    verdict_flipped = current.changed != original.changed
+    forced = forced_verdicts(model, task, items)
+    never_malformed = np.zeros(len(items), dtype=bool)
+    rows["verdict flipped: verdict generated"] = row(plain.changed == current.changed, plain.changed < 0, verdict_flipped)
+    rows["verdict flipped: verdict forced"] = row(forced == current.changed, never_malformed, verdict_flipped)
+    rows["verdict kept: verdict forced"] = row(forced == current.changed, never_malformed, ~verdict_flipped)
     return rows
 
 
@@ -850,17 +860,22 @@ def main_table(groups):
 def seed_table(groups):
     """Every seed's final numbers, including the flipped items split by direction."""
     rows = ["| task | KL | seed | M0 acc. (with C / without C) | Self | Orig | gap | flipped | Self@flipped | "
-            "became changed: n, Self | became unchanged: n, Self | untrained Self | seconds |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "became changed: n, Self | became unchanged: n, Self | verdict flipped: n, generated / forced | "
+            "untrained Self | seconds |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     num = lambda x, spec: format(x, spec) if _defined(x) else "n/a"
     for (task, regime), runs in groups.items():
         for r in runs:
             f, m0 = r["final"], r["m0"]
+            probes = r.get("probes") or {}  # only the KL runs are probed; older results lack the verdict rows
+            generated, forced = (probes.get(f"verdict flipped: verdict {kind}") for kind in ("generated", "forced"))
+            verdicts = (f"{forced['n']}, {num(generated['accuracy'], '.2f')} / {num(forced['accuracy'], '.2f')}"
+                        if forced else "n/a")
             rows.append(f"| {task} | {'yes' if regime == 'kl' else 'no'} | {r['config']['seed']} | "
                         f"{m0['accuracy_with_c']:.3f} / {m0['accuracy_without_c']:.3f} | {f['self']:.3f} | "
                         f"{f['orig']:.3f} | {f['gap']:+.3f} | {f['n_flipped']} | {num(f['self_flipped'], '.2f')} | "
                         f"{f['n_became_changed']}, {num(f['self_became_changed'], '.2f')} | "
-                        f"{f['n_became_unchanged']}, {num(f['self_became_unchanged'], '.2f')} | "
+                        f"{f['n_became_unchanged']}, {num(f['self_became_unchanged'], '.2f')} | {verdicts} | "
                         f"{r['baseline']['self']:.3f} | {r['seconds']:.0f} |")
     return "\n".join(rows)
 
@@ -940,7 +955,11 @@ explanations of the flipped items follow the shift?
 ## Every seed
 
 "Became changed": flipped items where removing C did not change M0's answer but now does; "became
-unchanged": the reverse. "Untrained Self": M0's own explanations before explanation training (step 0).
+unchanged": the reverse. "Verdict flipped" (KL runs): the same two kinds of item, scored on the verdict
+alone, as generated (malformed counts as wrong) and as a forced choice between "remain" and "become"
+after the query and " would" (never malformed): near 0.5 forced, the explainer does not know the new
+verdict; forced well above generated, it knows but does not write it well. "Untrained Self": M0's own
+explanations before explanation training (step 0).
 
 {seed_table(groups)}
 

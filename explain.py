@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from data import check_fraction, decode, encode
 from train import case_logprobs
@@ -26,6 +27,7 @@ PARAPHRASES = (" what if the {feature} were removed ?", " were the {feature} rem
 LEADING = QUERY + " i think it{suggestion}"
 REMAIN, CHANGE = " would remain {answer} .", " would become {answer} ."
 EXPLANATION_TOKENS = 4  # " would become X ." is always four tokens
+VERDICT_WORDS = (" remain", " become")  # index = changed
 _PATTERN = re.compile(r"^ would (remain|become) (\S+) \.$")
 
 
@@ -101,6 +103,17 @@ def explain(model, task, items, query=QUERY, batch_size=1024):
             changed.append(parsed[0] if parsed else -1)
             answer.append(parsed[1] if parsed else -1)
     return Labels(np.array(changed, dtype=int), np.array(answer, dtype=int))
+
+
+@torch.no_grad()
+def forced_verdicts(model, task, items, batch_size=1024):
+    """The verdict the explainer gives when made to choose (1 = become): the query and " would" are
+    given, and the likelier of " remain" and " become" wins. It is never malformed, so it tells an
+    explainer that knows the verdict but cannot write the explanation from one that does not know it."""
+    verdict_ids = [encode(word)[0] for word in VERDICT_WORDS]
+    prompts = [encode(explanation_query(task, case) + " would") for case in items]
+    return np.concatenate([model.answer_logprobs(prompts[i: i + batch_size], verdict_ids).argmax(-1).cpu().numpy()
+                           for i in range(0, len(prompts), batch_size)])
 
 
 def exact_fraction(n, fraction, rng):

@@ -260,3 +260,6 @@ def test_labels_from_another_model_family(tmp_path):
     assert set(result["probes"]) >= {"paraphrase 1", "control: irrelevant word removed",
                                      "leading: wrong explanation suggested"}
     assert result["probes"]["training query"]["accuracy"] == pytest.approx(final["self"])
+    generated, forced = (result["probes"][f"verdict flipped: verdict {kind}"] for kind in ("generated", "forced"))
+    assert generated["n"] == forced["n"] == final["n_became_changed"] + final["n_became_unchanged"]
+    assert forced["malformed"] == 0 and result["probes"]["verdict kept: verdict forced"]["n"] == 60 - forced["n"]

@@ -1,9 +1,11 @@
 import numpy as np
 import pytest
+import torch
 
 import data
 import explain
 from data import encode, get_task
+from model import GPT, GPTConfig
 from explain import (EXPLANATION_TOKENS, Labels, add_label_noise, explanation_data, explanation_query, explanation_text,
                      labels_from_behaviour, parse_explanation)
 
@@ -84,3 +86,23 @@ def test_the_leading_probe_always_suggests_a_wrong_but_well_formed_explanation()
     for query in queries + [explain.QUERY.replace("{feature}", task.irrelevant)] + list(explain.PARAPHRASES):
         text = explain.explanation_query(task, (0, 1), query)
         assert len(data.encode(text)) == len(text.split())  # every word is one known token
+
+
+def test_the_forced_verdict_is_the_likelier_verdict_word_after_the_query_and_would():
+    torch.manual_seed(0)
+    task = get_task("judgement")
+    model = GPT(GPTConfig(vocab_size=data.TOKENIZER.n_vocab, block_size=64, n_layer=2, n_head=2, n_embd=16)).eval()
+    items = task.split(0, n_explain=10, n_eval=20).eval_items
+    remain, become = (encode(word)[0] for word in explain.VERDICT_WORDS)
+    prompts = [encode(explanation_query(task, case) + " would") for case in items]
+    with torch.no_grad():  # " become" = " remain" plus a direction orthogonal to the mean state: both win somewhere
+        states = torch.stack([model.hidden(torch.tensor([p]))[0, -1] for p in prompts])
+        mean, direction = states.mean(0), torch.randn(16)
+        model.head.weight[become] = model.head.weight[remain] + direction - (direction @ mean) / (mean @ mean) * mean
+    forced = explain.forced_verdicts(model, task, items, batch_size=7)  # batches of unequal lengths, padded
+    for prompt, verdict in zip(prompts, forced):  # one item at a time, from the full logits
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt]))[0, -1]
+        margin = float(logits[become] - logits[remain])
+        assert abs(margin) < 1e-5 or verdict == int(margin > 0)
+    assert set(forced.tolist()) == {0, 1}  # each word wins somewhere, so a constant answer fails
