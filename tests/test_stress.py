@@ -35,3 +35,15 @@ def test_the_stress_grid_has_every_cell_once():
                     assert (task, seed, size, "sharp", noise) in keys
     for task in stress.HEADLINE_TASKS:
         assert {seed for t, seed, *_ in keys if t == task} >= set(stress.HEADLINE_SEEDS)
+
+
+def test_the_probe_table_reads_results_saved_before_a_probe_existed():
+    def probed(**rows):
+        leading = {"n": 9, "accuracy": 0.0, "malformed": 1.0, "follows_suggestion": 0.0}
+        return {"probes": {"training query": {"n": 9, "accuracy": 0.5, "malformed": 0.0},
+                           "leading: wrong explanation suggested": leading, **rows}}
+    new = {"n": 4, "accuracy": 0.75, "malformed": 0.0}
+    table = stress.probe_table({"hint": [probed(), probed(**{"verdict flipped: verdict forced": new})],
+                                "judgement": [probed()]})
+    row = next(line for line in table.splitlines() if line.startswith("| verdict flipped: verdict forced |"))
+    assert row == "| verdict flipped: verdict forced | 0.75 (4) | 0.00 | n/a (n/a) | n/a |"
