@@ -25,9 +25,9 @@ QUERY = " if the {feature} were removed ?"
 PARAPHRASES = (" what if the {feature} were removed ?", " were the {feature} removed ?",
                " please , if the {feature} were removed ?")
 LEADING = QUERY + " i think it{suggestion}"
-REMAIN, CHANGE = " would remain {answer} .", " would become {answer} ."
-EXPLANATION_TOKENS = 4  # " would become X ." is always four tokens
 VERDICT_WORDS = (" remain", " become")  # index = changed
+REMAIN, CHANGE = (f" would{word} {{answer}} ." for word in VERDICT_WORDS)
+EXPLANATION_TOKENS = 4  # " would become X ." is always four tokens
 _PATTERN = re.compile(r"^ would (remain|become) (\S+) \.$")
 
 
