@@ -81,6 +81,11 @@ def token_id(word):
     return TOKENIZER.encode_single_token(" " + word)
 
 
+def unit_token_ids():
+    """The ids of every unit word (entities, deeds, objects): the tokens that carry a unit's facts."""
+    return np.array([token_id(w) for w in ENTITIES + STORY_WORDS + OBJECTS])
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Tasks
 

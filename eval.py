@@ -495,6 +495,13 @@ SWEEPS = {
                       "Does coupling need the capacity of full fine-tuning? Ranks 1-16: M0's transformer "
                       "weights frozen, only the adapters and the token embedding train.",
                       "coupling appears only above a rank threshold"),
+    "shift_location": Sweep("explain.shift_in", ("all", "units", "layers"), "where the shift may be written",
+                            "Which weights must the concurrent shift change for the explanations to follow "
+                            "it? all: every weight (the main result); units: the shift's gradient reaches "
+                            "only the embeddings of the unit words (entities, deeds, objects); layers: those "
+                            "embeddings stay at M0's values, so the shift can live only in the layers.",
+                            "activation patching: behaviour and explanation share circuits",
+                            MAIN_TASKS, extra=("shift_learned",)),
 }
 
 
@@ -801,7 +808,7 @@ def plot_sweep(name, results, path):
 def sweep_table(name, results):
     sweep = SWEEPS[name]
     extra_names = {"orig_other": "Orig-other", "gap_other": "Self - Orig-other",
-                   "family_agreement": "labels agree across families"}
+                   "family_agreement": "labels agree across families", "shift_learned": "shift learned"}
     rows = [f"| task | {sweep.label} | seeds | agreement | flipped items | Self | Orig | Self - Orig | "
             "Self@flipped | Orig@flipped | malformed |" + "".join(f" {extra_names[e]} |" for e in sweep.extra),
             "|---" * (11 + len(sweep.extra)) + "|"]

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data import N_UNITS, TASKS, TOKENIZER, check_fraction, check_positive, get_task, tokenizer_fingerprint
+from data import (N_UNITS, TASKS, TOKENIZER, check_fraction, check_positive, get_task, tokenizer_fingerprint,
+                  unit_token_ids)
 from model import GPT, GPTConfig, pick_device
 
 BLOCK_SIZE = 48
@@ -278,6 +279,9 @@ def pretrain(cfg: PretrainConfig, path, log=print):
 # ---------------------------------------------------------------------------------------------------------
 # Stage B: explanation training with a KL regulariser and an optional concurrent shift
 
+SHIFT_IN = ("all", "units", "layers")
+
+
 @dataclass
 class ExplainConfig:
     steps: int = 300
@@ -293,6 +297,10 @@ class ExplainConfig:
     # AdamW's, on every trained weight; chosen on fresh seeds 50-59 (README). Results saved before the
     # field existed were made without decay.
     weight_decay: float = field(default=0.1, metadata={"absent_means": 0.0})
+    # Where the concurrent shift may be written (README, "Where coupling runs"): "all" weights; "units":
+    # the shift's gradient reaches only the unit words' embeddings; "layers": those embeddings stay at
+    # M0's values under every loss, so the shift can live only in the layers.
+    shift_in: str = "all"
 
     def __post_init__(self):
         for name in ("steps", "explain_batch", "shift_batch", "kl_batch", "eval_every"):
@@ -305,6 +313,8 @@ class ExplainConfig:
             raise ValueError(f"lr={self.lr} must be positive")
         if not self.kl_weight >= 0:
             raise ValueError(f"kl_weight={self.kl_weight} must be >= 0")
+        if self.shift_in not in SHIFT_IN:
+            raise ValueError(f"shift_in={self.shift_in!r} is unknown; allowed: {', '.join(SHIFT_IN)}")
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay={self.weight_decay} must be >= 0")
 
@@ -342,6 +352,13 @@ def explanation_loss(model, sequences):
                            ignore_index=-1)
 
 
+def gradient_on_rows(loss, weight, rows):
+    """A stand-in for `loss` whose gradient is loss's gradient on weight[rows] and zero everywhere else
+    (its value is not the loss's): how the shift reaches only the unit embeddings."""
+    (grad,) = torch.autograd.grad(loss, weight, retain_graph=True)
+    return (grad[rows] * weight[rows]).sum()
+
+
 def active_phase(starts, step):
     """The index of the phase in force at `step` (the last one started), given their start steps
     sorted, or None before the first."""
@@ -361,6 +378,8 @@ def train_explainer(model, cfg: ExplainConfig, seed, explain_data, shift_phases,
     device = model.device
     optimizer = new_optimizer(model, cfg.lr, cfg.weight_decay)
     use_kl = cfg.kl_weight > 0 and len(kl_data) > 0
+    units = torch.from_numpy(unit_token_ids()).to(device) if cfg.shift_in != "all" else None
+    m0_unit_rows = model.tok_emb.weight.detach()[units].clone() if cfg.shift_in == "layers" else None
     for step in range(cfg.steps + 1):
         if on_eval and (step % cfg.eval_every == 0 or step == cfg.steps):
             model.eval()
@@ -379,12 +398,18 @@ def train_explainer(model, cfg: ExplainConfig, seed, explain_data, shift_phases,
             logp = model.answer_logprobs([p for p, _ in shift + kl], answer_ids)
             if shift:
                 answers = torch.tensor([a for _, a in shift], device=device)
-                loss = loss + F.nll_loss(logp[: len(shift)], answers)
+                shift_loss = F.nll_loss(logp[: len(shift)], answers)
+                if cfg.shift_in == "units":
+                    shift_loss = gradient_on_rows(shift_loss, model.tok_emb.weight, units)
+                loss = loss + shift_loss
             if kl:
                 reference = torch.stack([r for _, r in kl]).to(device)
                 loss = loss + cfg.kl_weight * kl_to_reference(logp[len(shift):], reference)
         check_finite(loss, step, "explanation training")
         take_step(model, optimizer, loss, lr_at(step, cfg), cfg.grad_clip)
+        if m0_unit_rows is not None:
+            with torch.no_grad():
+                model.tok_emb.weight[units] = m0_unit_rows
     model.eval()
     return model
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import train
-from data import TASKS
+from data import TASKS, TOKENIZER, unit_token_ids
 from model import GPT, GPTConfig
 from train import PretrainConfig, load_checkpoint, pretrain
 
@@ -175,3 +175,32 @@ def test_old_configs_stay_valid_when_a_field_is_added():
     del before_decay["weight_decay"]  # saved before stage B had weight decay: made without it
     assert train.with_defaults(before_decay, train.ExplainConfig) == asdict(train.ExplainConfig(weight_decay=0.0))
     assert train.non_defaults(train.PretrainConfig(seed=3, n_embd=32)) == {"seed": 3, "n_embd": 32}
+
+
+def test_the_shift_is_written_only_where_shift_in_allows():
+    """units: the shift's gradient reaches only the unit words' embedding rows, so a step changes the
+    layers exactly as a step without the shift (one step: the head is tied to the embedding, so a moved
+    unit row changes every later softmax); layers: those rows stay at M0's values while the rest trains."""
+    torch.manual_seed(0)
+    m0 = GPT(GPTConfig(vocab_size=TOKENIZER.n_vocab, n_layer=1, n_head=2, n_embd=16))
+    unit, other = int(unit_token_ids()[0]), 4  # a unit word, and a byte token in the same shift prompt
+    explain_data = [([1, 2, 3], [4, 5]), ([6, 7], [8, 9])]
+    shift_data = [([unit, 4, 5], 1), ([6, unit], 0)]
+
+    def trained(shift_in, phases, steps):
+        cfg = train.ExplainConfig(steps=steps, explain_batch=2, shift_batch=2, kl_batch=1, warmup=0, grad_clip=0,
+                                  shift_in=shift_in)
+        return train.train_explainer(train.explainer_from(m0), cfg, 0, explain_data, phases, [], [10, 11])
+
+    layers = lambda model: torch.cat([p.detach().flatten() for n, p in model.named_parameters() if n != "tok_emb.weight"])
+    row = lambda model, i: model.tok_emb.weight.detach()[i]
+    no_shift, in_units, everywhere = (trained(where, phases, 1) for where, phases in
+                                      (("all", []), ("units", [(0, shift_data)]), ("all", [(0, shift_data)])))
+    assert torch.equal(layers(in_units), layers(no_shift)) and torch.equal(row(in_units, other), row(no_shift, other))
+    assert not torch.equal(row(in_units, unit), row(no_shift, unit))  # the shift moved the unit's row
+    assert not torch.equal(layers(everywhere), layers(no_shift))  # by default it moves the layers too
+    in_layers = trained("layers", [(0, shift_data)], 4)
+    assert torch.equal(row(in_layers, unit), row(m0, unit))
+    assert not torch.equal(layers(in_layers), layers(m0)) and not torch.equal(row(in_layers, other), row(m0, other))
+    with pytest.raises(ValueError, match="shift_in='weights' is unknown; allowed: all, units, layers"):
+        train.ExplainConfig(shift_in="weights")
