@@ -1043,7 +1043,7 @@ def build_parser():
     sweep = sub.add_parser("sweep", help="one knob varied over several seeds: " + ", ".join(SWEEPS))
     sweep.add_argument("name", help=f"one of: {', '.join(SWEEPS)}")
     sweep.add_argument("--tasks", default="", help=f"comma-separated, from: {', '.join(TASKS)} (default: the "
-                       "sweep's own, hint for all but agreement)")
+                       "sweep's own: hint, judgement for agreement, all three for shift_location)")
     sweep.add_argument("--seeds", default="0,1,2", help="comma-separated integers")
     everything = sub.add_parser("reproduce-all", help="the main result, then every sweep, then the report")
     for p in (quick, reproduce, sweep, everything):

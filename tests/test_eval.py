@@ -205,7 +205,7 @@ def test_the_trigger_shift_asks_about_a_word_no_label_mentions(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["sweep", "nosuch"], "error: sweep 'nosuch' is unknown; allowed: other_model, label_noise, learning_rate, agreement, "
-                          "trigger, capacity"),
+                          "trigger, capacity, shift_location"),
     (["sweep", "label_noise", "--seeds", "0,x"], "error: --seeds='0,x' must be a comma-separated list of int values"),
     (["sweep", "label_noise", "--tasks", "maths"], "error: task 'maths' is unknown; allowed: hint, judgement, refusal, twohop"),
     (["sweep", "label_noise", "--jobs", "-2"], "error: jobs=-2 must be a positive integer"),
