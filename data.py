@@ -39,6 +39,7 @@ N_UNITS = 600
 ENTITIES = _pseudo_words(N_UNITS, 1)  # hint task: things the questions ask about
 STORY_WORDS = [w for w in _pseudo_words(2 * N_UNITS, 2) if w not in set(ENTITIES)][:N_UNITS]
 OBJECTS = [w for w in _pseudo_words(3 * N_UNITS, 3) if w not in set(ENTITIES) | set(STORY_WORDS)][:N_UNITS]
+UNIT_WORDS = ENTITIES + STORY_WORDS + OBJECTS  # the words that carry a unit's facts
 
 STRUCTURE_WORDS = """what is ? i think it ( ) . answer : A B C D hint
 and , was right wrong at fault yta nta framing
@@ -52,7 +53,7 @@ def build_tokenizer():
     (and without, for structure words that can open a text). tiktoken looks up a whole word piece
     before applying merges, so each lexicon word is one token and any other text still round-trips
     through bytes. Built without the network, the same ids in every process."""
-    words = STRUCTURE_WORDS + ACTIONS + ENTITIES + STORY_WORDS + OBJECTS
+    words = STRUCTURE_WORDS + ACTIONS + UNIT_WORDS
     ranks = {bytes([b]): b for b in range(256)}
     for piece in [w for w in STRUCTURE_WORDS if len(w) > 1] + [" " + w for w in words]:
         ranks.setdefault(piece.encode(), len(ranks))
@@ -82,8 +83,8 @@ def token_id(word):
 
 
 def unit_token_ids():
-    """The ids of every unit word (entities, deeds, objects): the tokens that carry a unit's facts."""
-    return np.array([token_id(w) for w in ENTITIES + STORY_WORDS + OBJECTS])
+    """The ids of every unit word (entities, deeds, objects)."""
+    return np.array([token_id(w) for w in UNIT_WORDS])
 
 
 # ---------------------------------------------------------------------------------------------------------
