@@ -224,7 +224,21 @@ def provenance():
         commit, dirty = "unknown", False
     return {"git_commit": commit, "git_dirty": dirty, "python": platform.python_version(),
             "torch": torch.__version__, "numpy": np.__version__, "tiktoken": tiktoken.__version__,
-            "platform": platform.platform(), "threads": torch.get_num_threads()}
+            "platform": platform.platform(), "threads": torch.get_num_threads(), **processors()}
+
+
+def processors():
+    """The CPU and GPU a result was computed on. Runs are bit-identical on a rerun on the same machine,
+    but another CPU's kernels (AVX2 or AVX-512, say) round differently, and a seed's run can then end
+    elsewhere (README, "Reproducibility")."""
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "gpu": gpu}
 
 
 def write_json(obj, path):

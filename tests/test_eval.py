@@ -60,7 +60,8 @@ def tiny_run(tmp_path, **kw):
 def test_a_short_end_to_end_run_writes_a_valid_results_file(tmp_path):
     result = tiny_run(tmp_path)
     assert result["config"]["task"] == "refusal" and result["config"]["seed"] == 1
-    assert {"git_commit", "torch", "numpy", "tiktoken", "python"} <= set(result["provenance"])
+    assert {"git_commit", "torch", "numpy", "tiktoken", "python", "cpu", "cpu_capability",
+            "gpu"} <= set(result["provenance"])
     assert [p["step"] for p in result["curve"]] == [0, 3, 6]
     assert result["baseline"] == result["curve"][0] and result["final"] == result["curve"][-1]
     for point in result["curve"]:
