@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEVICE ?= auto
+SEEDS ?= 0,1,2
 
 .PHONY: test reproduce reproduce-all stress quick report bench clean
 
@@ -15,7 +16,7 @@ test: $(VENV)/installed
 	$(PY) -m pytest -q tests
 
 reproduce: $(VENV)/installed
-	$(PY) eval.py reproduce --device $(DEVICE)
+	$(PY) eval.py reproduce --device $(DEVICE) --seeds $(SEEDS)
 
 reproduce-all: $(VENV)/installed
 	$(PY) eval.py reproduce-all --device $(DEVICE)

@@ -207,7 +207,11 @@ def test_the_trigger_shift_asks_about_a_word_no_label_mentions(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["sweep", "nosuch"], "error: sweep 'nosuch' is unknown; allowed: other_model, label_noise, learning_rate, agreement, "
                           "trigger, capacity, shift_location"),
-    (["sweep", "label_noise", "--seeds", "0,x"], "error: --seeds='0,x' must be a comma-separated list of int values"),
+    (["sweep", "label_noise", "--seeds", "0,x"], "error: --seeds='0,x' must be a comma-separated list of integers "
+                                                 "or ranges like 0-9"),
+    (["reproduce", "--seeds", "3-x"], "error: --seeds='3-x' must be a comma-separated list of integers or ranges "
+                                      "like 0-9"),
+    (["reproduce", "--seeds", "5-3"], "error: --seeds is empty; give at least one value"),
     (["sweep", "label_noise", "--tasks", "maths"], "error: task 'maths' is unknown; allowed: hint, judgement, refusal, twohop"),
     (["sweep", "label_noise", "--jobs", "-2"], "error: jobs=-2 must be a positive integer"),
     (["report", "--experiment", "nosuch"], "error: no results under results/nosuch; run `make reproduce`")])
@@ -217,6 +221,12 @@ def test_unknown_experiments_and_bad_suite_flags_exit_with_one_line(argv, messag
         ev.main(argv)
     assert capsys.readouterr().err.strip().splitlines() == [message]
     assert not list(tmp_path.rglob("*.json"))
+
+
+def test_seed_lists_take_ranges():
+    assert ev.parse_list("0-2,5", "seeds", int) == [0, 1, 2, 5]
+    assert ev.parse_list("7", "seeds", int) == [7]
+    assert ev.parse_list("hint,refusal", "tasks", str) == ["hint", "refusal"]
 
 
 def phases_of(**kw):
