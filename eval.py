@@ -34,7 +34,7 @@ from data import N_UNITS, TASKS, TriggerTask, check_fraction, check_positive, ge
 from explain import (PARAPHRASES, QUERY, Labels, add_label_noise, behaviour, explain, explanation_data,
                      forced_verdicts, labels_from_behaviour, leading_queries, mix_labels, pair_cases, split_pairs, wrong_explanations)
 from model import pick_device
-from patching import patching_effects, patching_table, plot_patching
+from patching import mean_profiles, patching_effects, patching_table, plot_patching
 from train import (ExplainConfig, PretrainConfig, active_phase, behaviour_accuracy, case_logprobs,
                    explainer_from, kl_to_reference, load_checkpoint, non_defaults, pretrain, train_explainer,
                    with_defaults)
@@ -239,6 +239,13 @@ def processors():
         pass
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "gpu": gpu}
+
+
+def machine(prov):
+    """Where a result was computed, in words (results saved before this was recorded say so)."""
+    if "cpu" not in prov:
+        return "a machine not recorded"
+    return prov["gpu"] or f"{prov['cpu']} ({prov['cpu_capability']} kernels)"
 
 
 def write_json(obj, path):
@@ -906,6 +913,9 @@ def circuits_section(runs, experiment, report_dir):
     runs = [r for r in runs if r.get("patching")]
     if not runs:
         return ""
+    if not mean_profiles(runs):
+        return ("\n## Shared circuits: activation patching\n\nNo final explainer has a held-out item where removing "
+                "C changes both the answer and the explanation's verdict, so there is nothing to patch.\n")
     figure = os.path.join(FIGURES, f"{experiment}_patching.png")
     plot_patching(runs, figure)
     return f"""
@@ -949,6 +959,7 @@ def write_report(experiment="main", path="REPORT.md", results=None):
             every += swept
     prov = results[0]["provenance"]
     commits = sorted({r["provenance"]["git_commit"][:10] for r in every})
+    machines = sorted({machine(r["provenance"]) for r in every})
     cfg = results[0]["config"]
     text = f"""# Introspective coupling: results
 
@@ -988,8 +999,8 @@ explanations before explanation training (step 0).
 ## Provenance
 
 Commits: {', '.join(commits)}; Python {prov['python']}, torch {prov['torch']}, numpy {prov['numpy']},
-tiktoken {prov['tiktoken']}; {prov['threads']} threads; {prov['platform']}. Each result file holds its full
-config.
+tiktoken {prov['tiktoken']}; {prov['threads']} threads; {prov['platform']}. Computed on: {'; '.join(machines)}.
+Each result file holds its full config.
 """
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:

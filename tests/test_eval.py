@@ -274,3 +274,16 @@ def test_labels_from_another_model_family(tmp_path):
     generated, forced = (result["probes"][f"verdict flipped: verdict {kind}"] for kind in ("generated", "forced"))
     assert generated["n"] == forced["n"] == final["n_became_changed"] + final["n_became_unchanged"]
     assert forced["malformed"] == 0 and result["probes"]["verdict kept: verdict forced"]["n"] == 60 - forced["n"]
+
+
+def test_the_report_tables_every_seed_and_says_where_it_ran(tmp_path, monkeypatch):
+    results = [tiny_run(tmp_path / f"seed{seed}", seed=seed) for seed in (1, 2)]
+    monkeypatch.chdir(tmp_path)
+    ev.write_report("tiny", "REPORT.md", results)
+    text = (tmp_path / "REPORT.md").read_text()
+    gap, half = ev.mean_ci([r["final"]["gap"] for r in results])
+    assert f"| refusal | yes | 2 |" in text and f"**{gap:+.3f} ± {half:.3f}**" in text
+    assert f"Computed on: {ev.machine(results[0]['provenance'])}." in text
+    assert ev.machine({"git_commit": "old"}) == "a machine not recorded"
+    assert "## Shared circuits" in text
+    assert {p.name for p in (tmp_path / "figures").iterdir()} >= {"tiny_curves.png", "tiny_gap.png"}
