@@ -475,6 +475,16 @@ def main_configs(tasks=MAIN_TASKS, seeds=MAIN_SEEDS, device="auto"):
     return configs
 
 
+def saved_main_runs(skip_seeds, device="auto"):
+    """The main result's saved runs of seeds other than skip_seeds that were made with the current settings
+    (e.g. the committed seeds 3-9 after `make reproduce` of seeds 0-2), so that a report covers every seed
+    there is; a result of other settings is left out, never mixed in."""
+    names = [name.split("_")[0] for _, _, files in os.walk(os.path.join(RESULTS, "main")) for name in files]
+    seeds = {int(name[4:]) for name in names if name.startswith("seed") and name[4:].isdigit()}
+    configs = main_configs(seeds=sorted(seeds - set(skip_seeds)), device=device)
+    return [r for r in (saved_result(cfg, result_path("main", cfg)) for cfg in configs) if r is not None]
+
+
 @dataclass(frozen=True)
 class Sweep:
     """One knob varied over values, everything else as in the main result's KL runs."""
@@ -1106,8 +1116,9 @@ def main(argv=None):
             write_report("quick", "results/quick/REPORT.md", results)
         elif args.command == "reproduce":
             seeds = parse_list(args.seeds, "seeds", int)
-            write_report("main", results=run_suite("main", main_configs(seeds=seeds, device=args.device),
-                                                   jobs=jobs(args)))
+            results = run_suite("main", main_configs(seeds=seeds, device=args.device), jobs=jobs(args))
+            results += saved_main_runs(seeds, args.device)
+            write_report("main", results=sorted(results, key=lambda r: r["config"]["seed"]))
         elif args.command == "sweep":
             if args.name not in SWEEPS:
                 raise ValueError(f"sweep {args.name!r} is unknown; allowed: {', '.join(SWEEPS)}")

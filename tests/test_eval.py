@@ -287,3 +287,14 @@ def test_the_report_tables_every_seed_and_says_where_it_ran(tmp_path, monkeypatc
     assert ev.machine({"git_commit": "old"}) == "a machine not recorded"
     assert "## Shared circuits" in text
     assert {p.name for p in (tmp_path / "figures").iterdir()} >= {"tiny_curves.png", "tiny_gap.png"}
+
+
+def test_the_main_report_takes_other_saved_seeds_only_if_made_with_the_current_settings(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert ev.saved_main_runs([0]) == []  # no results folder at all
+    same, changed = ev.main_configs(tasks=("hint",), seeds=(7,))[0], ev.main_configs(tasks=("hint",), seeds=(8,))[0]
+    changed = ev.replace(changed, explain=ev.replace(changed.explain, lr=1e-3))
+    for cfg in (same, changed):
+        ev.write_json({"config": ev.asdict(cfg), "final": {}}, ev.result_path("main", cfg))
+    assert [r["config"]["seed"] for r in ev.saved_main_runs([0, 1, 2])] == [7]
+    assert ev.saved_main_runs([7]) == []
