@@ -230,7 +230,7 @@ def provenance():
 def processors():
     """The CPU and GPU a result was computed on. Runs are bit-identical on a rerun on the same machine,
     but another CPU's kernels (AVX2 or AVX-512, say) round differently, and a seed's run can then end
-    elsewhere (README, "Reproducibility")."""
+    elsewhere (README, "The main result")."""
     cpu = platform.processor() or "unknown"
     try:
         with open("/proc/cpuinfo") as f:
