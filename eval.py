@@ -479,10 +479,10 @@ def saved_main_runs(skip_seeds, device="auto"):
     """The main result's saved runs of seeds other than skip_seeds that were made with the current settings
     (e.g. the committed seeds 3-9 after `make reproduce` of seeds 0-2), so that a report covers every seed
     there is; a result of other settings is left out, never mixed in."""
-    names = [name.split("_")[0] for _, _, files in os.walk(os.path.join(RESULTS, "main")) for name in files]
-    seeds = {int(name[4:]) for name in names if name.startswith("seed") and name[4:].isdigit()}
-    configs = main_configs(seeds=sorted(seeds - set(skip_seeds)), device=device)
-    return [r for r in (saved_result(cfg, result_path("main", cfg)) for cfg in configs) if r is not None]
+    saved = load_results("main")
+    seeds = sorted({r["config"]["seed"] for r in saved} - set(skip_seeds))
+    current = [json.loads(json.dumps(asdict(cfg))) for cfg in main_configs(seeds=seeds, device=device)]
+    return [r for r in saved if r["config"] in current]
 
 
 @dataclass(frozen=True)
