@@ -706,7 +706,8 @@ def _fmt(values, digits=3, signed=False):
 
 
 def plot_curves(groups, path):
-    """Self and Orig over explanation-training steps, one panel per task, mean over seeds."""
+    """Self and Orig over explanation-training steps, one panel per task: mean over seeds, and its 95%
+    interval as a band (the spread of single runs is in the gap figure's dots)."""
     plt = pyplot()
     tasks = sorted({task for task, _ in groups})
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
@@ -718,8 +719,9 @@ def plot_curves(groups, path):
             steps = [p["step"] for p in runs[0]["curve"]]
             for metric, color in (("self", "tab:blue"), ("orig", "tab:orange")):
                 values = np.array([[p[metric] for p in r["curve"]] for r in runs])
-                ax.plot(steps, values.mean(0), style, color=color, label=f"{metric.capitalize()}, {label}")
-                ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.12)
+                mean, half = np.array([mean_ci(values[:, i]) for i in range(len(steps))]).T
+                ax.plot(steps, mean, style, color=color, label=f"{metric.capitalize()}, {label}")
+                ax.fill_between(steps, mean - half, mean + half, color=color, alpha=0.15)
         ax.set_title(f"{task} ({len(groups.get((task, 'kl'), []))} seeds)")
         ax.set_xlabel("explanation-training step")
         ax.set_ylim(0, 1)
@@ -985,6 +987,8 @@ behaviour (Self) and from M0's behaviour (Orig, the kind of labels it was traine
 {main_table(groups)}
 
 ![Self and Orig over training]({curves})
+
+Lines: the mean over seeds; bands: its 95% interval. Below, every seed's final gap and Self@flipped is a dot.
 
 ![Final gap and Self on flipped items]({gaps})
 
