@@ -668,7 +668,7 @@ def load_results(experiment):
         for name in sorted(files):
             if name.endswith(".json"):
                 results.append(read_result(os.path.join(root, name)))
-    return results
+    return sorted(results, key=lambda r: (r["config"]["task"], r["config"]["seed"]))  # seed 2 before seed 10
 
 
 def group(results):

@@ -241,9 +241,8 @@ def plot_patching(results, path):
             for run in runs:
                 ax.plot(x + offset, [np.nan if v is None else v for v in run["patching"][kind]], "o",
                         color=color, markersize=3)
-        seeds = ", ".join(str(run["config"]["seed"]) for run in runs)
-        ax.set_title(f"{task} (seed{'s' if len(runs) > 1 else ''} {seeds}): correlation of the attn/mlp profiles "
-                     f"{'n/a' if math.isnan(r) else f'{r:+.2f}'}")
+        ax.set_title(f"{task} ({len(runs)} run{'s' if len(runs) > 1 else ''} with items): correlation of the "
+                     f"attn/mlp profiles {'n/a' if math.isnan(r) else f'{r:+.2f}'}")
         ax.axhline(0, color="gray", linewidth=0.5)
         ax.axhline(1, color="gray", linewidth=0.5, linestyle=":")
         ax.set_xticks(x, names, rotation=45, ha="right")

@@ -298,3 +298,10 @@ def test_the_main_report_takes_other_saved_seeds_only_if_made_with_the_current_s
         ev.write_json({"config": ev.asdict(cfg), "final": {}}, ev.result_path("main", cfg))
     assert [r["config"]["seed"] for r in ev.saved_main_runs([0, 1, 2])] == [7]
     assert ev.saved_main_runs([7]) == []
+
+
+def test_saved_results_load_in_seed_order_not_file_name_order(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for cfg in ev.main_configs(tasks=("hint",), seeds=(10, 2)):
+        ev.write_json({"config": ev.asdict(cfg), "final": {}}, ev.result_path("main", cfg))
+    assert [r["config"]["seed"] for r in ev.load_results("main")] == [2, 2, 10, 10]  # "seed10" sorts before "seed2"
