@@ -762,6 +762,56 @@ def plot_runs(panels, path):
     _save_figure(fig, path)
 
 
+def is_coupled(evaluation):
+    """The per-run rule used throughout: Self > Orig, and the flipped items explained by the current
+    behaviour more often than not (Self@flipped > 0.5)."""
+    return evaluation["gap"] > 0 and (evaluation["self_flipped"] or 0) > 0.5
+
+
+def lost_coupling(runs):
+    """(seeds not coupled at the end, those of them that were coupled at an earlier evaluation): does a
+    failed run never follow the shift, or follow it and lose it?"""
+    failed = [r for r in runs if not is_coupled(r["final"])]
+    return ([r["config"]["seed"] for r in failed],
+            [r["config"]["seed"] for r in failed if any(is_coupled(p) for p in r["curve"][:-1])])
+
+
+def plot_flipped_runs(groups, path):
+    """Self@flipped over explanation training for every run with KL, one panel per task: green where the
+    run is coupled at the end, red where it is not."""
+    plt = pyplot()
+    tasks = sorted({task for task, regime in groups if regime == "kl"})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        runs = groups[(task, "kl")]
+        for r in runs:
+            points = [p for p in r["curve"] if p["self_flipped"] is not None]
+            coupled = is_coupled(r["final"])
+            ax.plot([p["step"] for p in points], [p["self_flipped"] for p in points], lw=0.8, alpha=0.6,
+                    color="tab:green" if coupled else "tab:red", zorder=2 if coupled else 3)  # failures on top
+        failed, lost = lost_coupling(runs)
+        ax.set_title(f"{task}: {len(runs) - len(failed)} of {len(runs)} coupled at the end", fontsize=9)
+        ax.axhline(0.5, color="black", lw=0.6, ls=":")
+        ax.set_xlabel("explanation-training step")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("Self@flipped, every run with KL")
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def lost_coupling_text(groups):
+    """A line per task on its runs not coupled at the end (see lost_coupling)."""
+    seeds = lambda values: f"seed{'s' if len(values) > 1 else ''} {', '.join(map(str, values))}"
+    lines = []
+    for (task, regime), runs in groups.items():
+        failed, lost = lost_coupling(runs) if regime == "kl" else ([], [])
+        if failed:
+            lines.append(f"- {task}: {len(failed)} of {len(runs)} not coupled at the end ({seeds(failed)}); "
+                         f"{len(lost)} of them coupled at an earlier evaluation{f' ({seeds(lost)})' if lost else ''}.")
+    return "\n".join(lines) or "Every run with KL is coupled at the end."
+
+
 def plot_gaps(groups, path):
     """Final Self - Orig and Self on flipped items per task, with and without KL: mean, 95% interval over
     seeds, and every seed as a dot."""
@@ -955,12 +1005,14 @@ def write_report(experiment="main", path="REPORT.md", results=None):
     if not results:
         raise FileNotFoundError(f"no results under {os.path.join(RESULTS, experiment)}; run `make reproduce`")
     groups = group(results)
-    curves, gaps, shift = (os.path.join(FIGURES, f"{experiment}_{kind}.png") for kind in ("curves", "gap", "shift"))
+    curves, gaps, shift, flipped = (os.path.join(FIGURES, f"{experiment}_{kind}.png")
+                                    for kind in ("curves", "gap", "shift", "flipped_runs"))
     plot_curves(groups, curves)
     plot_gaps(groups, gaps)
     plot_runs({f"{task}, with KL": runs for (task, regime), runs in groups.items() if regime == "kl"}, shift)
+    plot_flipped_runs(groups, flipped)
     report_dir = os.path.dirname(os.path.abspath(path))
-    curves, gaps, shift = (os.path.relpath(p, report_dir) for p in (curves, gaps, shift))
+    curves, gaps, shift, flipped = (os.path.relpath(p, report_dir) for p in (curves, gaps, shift, flipped))
     circuits = circuits_section([r for r in results if r["config"]["explain"]["kl_weight"] > 0], experiment,
                                 report_dir)
     sweeps, every = "", list(results)
@@ -997,6 +1049,13 @@ then describe a fraction "agreement" of the current behaviour, and no new label 
 explanations of the flipped items follow the shift?
 
 ![Explanations during the shift]({shift})
+
+Every run, with KL: coupled means Self > Orig and Self@flipped > 0.5. Does a run that fails at the end
+never follow the shift, or follow it and lose it?
+
+{lost_coupling_text(groups)}
+
+![Self@flipped of every run]({flipped})
 {circuits}
 ## Every seed
 

@@ -21,8 +21,8 @@ import os
 
 import numpy as np
 
-from eval import (DEFAULT_SHIFT, FIGURES, JOBS_HELP, RESULTS, RunConfig, _fmt, _save_figure, jobs, load_results,
-                  mean_ci, plot_runs, pyplot, result_path, run_suites)
+from eval import (DEFAULT_SHIFT, FIGURES, JOBS_HELP, RESULTS, RunConfig, _fmt, _save_figure, is_coupled, jobs,
+                  load_results, mean_ci, plot_runs, pyplot, result_path, run_suites)
 from train import ExplainConfig, PretrainConfig
 
 EXPERIMENT = "stress"
@@ -80,7 +80,7 @@ def mean_of(runs, key):
 
 def coupled_runs(runs):
     """How many single runs pass the coupling rule on their own."""
-    return sum(judged(r)["gap"] > 0 and (judged(r)["self_flipped"] or 0) > 0.5 for r in runs)
+    return sum(is_coupled(judged(r)) for r in runs)
 
 
 def verdict(runs):

@@ -286,7 +286,9 @@ def test_the_report_tables_every_seed_and_says_where_it_ran(tmp_path, monkeypatc
     assert f"Computed on: {ev.machine(results[0]['provenance'])}." in text
     assert ev.machine({"git_commit": "old"}) == "a machine not recorded"
     assert "## Shared circuits" in text
-    assert {p.name for p in (tmp_path / "figures").iterdir()} >= {"tiny_curves.png", "tiny_gap.png"}
+    figures = {p.name for p in (tmp_path / "figures").iterdir()}
+    assert figures >= {"tiny_curves.png", "tiny_gap.png", "tiny_flipped_runs.png"}
+    assert "coupled at an earlier evaluation" in text or "Every run with KL is coupled at the end." in text
 
 
 def test_the_main_report_takes_other_saved_seeds_only_if_made_with_the_current_settings(tmp_path, monkeypatch):
@@ -305,3 +307,14 @@ def test_saved_results_load_in_seed_order_not_file_name_order(tmp_path, monkeypa
     for cfg in ev.main_configs(tasks=("hint",), seeds=(10, 2)):
         ev.write_json({"config": ev.asdict(cfg), "final": {}}, ev.result_path("main", cfg))
     assert [r["config"]["seed"] for r in ev.load_results("main")] == [2, 2, 10, 10]  # "seed10" sorts before "seed2"
+
+
+def test_a_failed_run_that_was_coupled_earlier_is_told_apart_from_one_that_never_was():
+    point = lambda gap, self_flipped: {"gap": gap, "self_flipped": self_flipped}
+    run = lambda seed, *curve: {"config": {"seed": seed}, "curve": list(curve), "final": curve[-1]}
+    runs = [run(0, point(0.1, 0.9), point(0.2, 0.8)),          # coupled throughout
+            run(1, point(0.1, 0.7), point(-0.1, 0.2)),         # coupled, then lost it
+            run(2, point(0.0, 0.0), point(0.1, 0.4)),          # never coupled: Self@flipped stays below 0.5
+            run(3, point(0.05, None), point(-0.2, 0.1))]       # no flipped items at first: not coupled then
+    assert [ev.is_coupled(r["final"]) for r in runs] == [True, False, False, False]
+    assert ev.lost_coupling(runs) == ([1, 2, 3], [1])
