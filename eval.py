@@ -777,25 +777,29 @@ def lost_coupling(runs):
 
 
 def plot_flipped_runs(groups, path):
-    """Self@flipped over explanation training for every run with KL, one panel per task: green where the
-    run is coupled at the end, red where it is not."""
+    """Self@flipped (top) and Orig@flipped (bottom) over explanation training for every run with KL, one
+    column per task: green where the run is coupled at the end, red where it is not. A failed run whose
+    Orig@flipped climbs has come to explain its flipped items by the frozen labels' rule."""
     plt = pyplot()
     tasks = sorted({task for task, regime in groups if regime == "kl"})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.2), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4.2 * len(tasks), 5.6), squeeze=False, sharex=True)
+    for column, task in enumerate(tasks):
         runs = groups[(task, "kl")]
-        for r in runs:
-            points = [p for p in r["curve"] if p["self_flipped"] is not None]
-            coupled = is_coupled(r["final"])
-            ax.plot([p["step"] for p in points], [p["self_flipped"] for p in points], lw=0.8, alpha=0.6,
-                    color="tab:green" if coupled else "tab:red", zorder=2 if coupled else 3)  # failures on top
-        failed, lost = lost_coupling(runs)
-        ax.set_title(f"{task}: {len(runs) - len(failed)} of {len(runs)} coupled at the end", fontsize=9)
-        ax.axhline(0.5, color="black", lw=0.6, ls=":")
-        ax.set_xlabel("explanation-training step")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("Self@flipped, every run with KL")
+        for ax, metric in zip(axes[:, column], ("self_flipped", "orig_flipped")):
+            for r in runs:
+                points = [p for p in r["curve"] if p[metric] is not None]
+                coupled = is_coupled(r["final"])
+                ax.plot([p["step"] for p in points], [p[metric] for p in points], lw=0.8, alpha=0.6,
+                        color="tab:green" if coupled else "tab:red", zorder=2 if coupled else 3)  # failures on top
+            ax.axhline(0.5, color="black", lw=0.6, ls=":")
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+        failed, _ = lost_coupling(runs)
+        axes[0, column].set_title(f"{task}: {len(runs) - len(failed)} of {len(runs)} runs coupled at the end",
+                                  fontsize=9)
+        axes[1, column].set_xlabel("explanation-training step")
+    axes[0, 0].set_ylabel("Self@flipped")
+    axes[1, 0].set_ylabel("Orig@flipped")
     fig.tight_layout()
     _save_figure(fig, path)
 
@@ -1050,8 +1054,8 @@ explanations of the flipped items follow the shift?
 
 ![Explanations during the shift]({shift})
 
-Every run, with KL: coupled means Self > Orig and Self@flipped > 0.5. Does a run that fails at the end
-never follow the shift, or follow it and lose it?
+Every run, with KL (green: coupled at the end, Self > Orig and Self@flipped > 0.5; red: not). Does a run
+that fails at the end never follow the shift, or follow it and lose it?
 
 {lost_coupling_text(groups)}
 
