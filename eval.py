@@ -1146,8 +1146,8 @@ def build_parser():
     run.add_argument("--out", default=None, help="results JSON (default results/runs/TASK/NAME.json)")
     quick = sub.add_parser("quick", help="one task, one seed, with and without KL, then a report")
     reproduce = sub.add_parser("reproduce", help="the main result: 3 tasks x seeds x (KL, no KL), then the report")
-    reproduce.add_argument("--seeds", default="0,1,2", help="comma-separated integers or ranges (0-9); "
-                           "3 seeds fit 10 minutes on 2 CPU cores, 10 give the result in the README")
+    reproduce.add_argument("--seeds", default="0,1,2", help="comma-separated integers or ranges (0-29); "
+                           "3 seeds fit 10 minutes on 2 CPU cores, 0-29 give the main result in the README")
     sweep = sub.add_parser("sweep", help="one knob varied over several seeds: " + ", ".join(SWEEPS))
     sweep.add_argument("name", help=f"one of: {', '.join(SWEEPS)}")
     sweep.add_argument("--tasks", default="", help=f"comma-separated, from: {', '.join(TASKS)} (default: the "
