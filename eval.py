@@ -785,18 +785,16 @@ def plot_flipped_runs(groups, path):
     fig, axes = plt.subplots(2, len(tasks), figsize=(4.2 * len(tasks), 5.6), squeeze=False, sharex=True)
     for column, task in enumerate(tasks):
         runs = groups[(task, "kl")]
+        coupled_at_end = [is_coupled(r["final"]) for r in runs]
         for ax, metric in zip(axes[:, column], ("self_flipped", "orig_flipped")):
-            for r in runs:
+            for r, coupled in zip(runs, coupled_at_end):
                 points = [p for p in r["curve"] if p[metric] is not None]
-                coupled = is_coupled(r["final"])
                 ax.plot([p["step"] for p in points], [p[metric] for p in points], lw=0.8, alpha=0.6,
                         color="tab:green" if coupled else "tab:red", zorder=2 if coupled else 3)  # failures on top
             ax.axhline(0.5, color="black", lw=0.6, ls=":")
             ax.set_ylim(-0.02, 1.02)
             ax.grid(alpha=0.3)
-        failed, _ = lost_coupling(runs)
-        axes[0, column].set_title(f"{task}: {len(runs) - len(failed)} of {len(runs)} runs coupled at the end",
-                                  fontsize=9)
+        axes[0, column].set_title(f"{task}: {sum(coupled_at_end)} of {len(runs)} runs coupled at the end", fontsize=9)
         axes[1, column].set_xlabel("explanation-training step")
     axes[0, 0].set_ylabel("Self@flipped")
     axes[1, 0].set_ylabel("Orig@flipped")
@@ -808,8 +806,8 @@ def lost_coupling_text(groups):
     """A line per task on its runs not coupled at the end (see lost_coupling)."""
     seeds = lambda values: f"seed{'s' if len(values) > 1 else ''} {', '.join(map(str, values))}"
     lines = []
-    for (task, regime), runs in groups.items():
-        failed, lost = lost_coupling(runs) if regime == "kl" else ([], [])
+    for task, runs in ((task, runs) for (task, regime), runs in groups.items() if regime == "kl"):
+        failed, lost = lost_coupling(runs)
         if failed:
             lines.append(f"- {task}: {len(failed)} of {len(runs)} not coupled at the end ({seeds(failed)}); "
                          f"{len(lost)} of them coupled at an earlier evaluation{f' ({seeds(lost)})' if lost else ''}.")
@@ -1059,7 +1057,7 @@ that fails at the end never follow the shift, or follow it and lose it?
 
 {lost_coupling_text(groups)}
 
-![Self@flipped of every run]({flipped})
+![Self@flipped and Orig@flipped of every run]({flipped})
 {circuits}
 ## Every seed
 
