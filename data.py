@@ -6,7 +6,9 @@ so removing C is the same operation for every task. A counterfactual pair is (x,
 the same case without it. Shifting behaviour means editing the world for some held-out units; the shift
 data are then the cases whose teacher answer changed.
 
-Nothing here knows about models or training.
+Every random draw of the project comes from a named stream (RNG_STREAMS), seeded by the run's seed, so
+the numbers of one purpose never depend on how many draws another made. Nothing here knows about models
+or training.
 """
 import hashlib
 import json
@@ -14,6 +16,31 @@ from dataclasses import dataclass
 
 import numpy as np
 import tiktoken
+
+# ---------------------------------------------------------------------------------------------------------
+# Random streams: one seeded generator per purpose, so adding a draw to one purpose never moves another's
+# numbers. A stream's generator is seeded by [seed, *tag, *extra] (extra: e.g. the training step).
+
+RNG_STREAMS = {
+    "world": (1,),  # a task's world and its unit halves (Task.split)
+    "explain_items": (1, 1),  # the explanation training items
+    "eval_items": (1, 2),  # the held-out evaluation items
+    "pretrain_batches": (2,),  # + step: M0's batch at that step
+    "probe_cases": (3,),  # the fixed cases that report M0's accuracy
+    "explain_batches": (4,),  # + step: stage B's batch at that step
+    "label_noise": (5, 0),  # which explanation labels are corrupted
+    "shift_units": (5, 1),  # which held-out units shift, and how
+    "shift_cases": (5, 2),  # the shift's training cases
+    "kl_prompts": (5, 3),  # the prompts whose answers the KL term holds
+    "gradual_order": (5, 4),  # the order in which a gradual shift adds units
+    "label_mix": (5, 5),  # which labels come from another source
+    "world_variation": (6,),  # which units of M0's world differ from the task's world
+}
+
+
+def rng(seed, stream, *extra):
+    """The generator of one named stream for a seed (see RNG_STREAMS)."""
+    return np.random.default_rng([seed, *RNG_STREAMS[stream], *extra])
 
 # ---------------------------------------------------------------------------------------------------------
 # Tokenizer: one token per word, built offline from the tasks' own lexicon.
@@ -176,13 +203,13 @@ class Task:
     def split(self, seed, n_explain=300, n_eval=900):
         """The world for a seed, the unit halves and the two disjoint item sets, all from the seed."""
         n_explain, n_eval = check_positive("n_explain", n_explain), check_positive("n_eval", n_eval)
-        rng = np.random.default_rng([seed, 1])
-        world = self.new_world(rng)
-        order = rng.permutation(N_UNITS)
+        world_rng = rng(seed, "world")
+        world = self.new_world(world_rng)
+        order = world_rng.permutation(N_UNITS)
         explain_units, heldout_units = np.sort(order[: N_UNITS // 2]), np.sort(order[N_UNITS // 2:])
-        explain_items = self._distinct_items(np.random.default_rng([seed, 1, 1]), world, explain_units,
-                                             n_explain, exclude=set())
-        eval_items = self._distinct_items(np.random.default_rng([seed, 1, 2]), world,
+        explain_items = self._distinct_items(rng(seed, "explain_items"), world, explain_units, n_explain,
+                                             exclude=set())
+        eval_items = self._distinct_items(rng(seed, "eval_items"), world,
                                           self.eval_units(heldout_units, np.arange(N_UNITS)), n_eval,
                                           exclude=set(explain_items))
         return Split(world, explain_units, heldout_units, explain_items, eval_items)

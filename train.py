@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data import (N_UNITS, TASKS, TOKENIZER, check_fraction, check_positive, get_task, tokenizer_fingerprint,
+from data import (N_UNITS, TASKS, TOKENIZER, check_fraction, check_positive, get_task, rng, tokenizer_fingerprint,
                   unit_token_ids)
 from model import GPT, GPTConfig, pick_device
 
@@ -157,7 +157,7 @@ def task_world(task, cfg: PretrainConfig):
     world = task.split(seed).world
     if cfg.world_variation:
         direction = "both" if "both" in task.shift_directions else task.shift_directions[0]
-        world, _ = task.shift(world, np.random.default_rng([seed, 6]), np.arange(N_UNITS), cfg.world_variation,
+        world, _ = task.shift(world, rng(seed, "world_variation"), np.arange(N_UNITS), cfg.world_variation,
                               direction)
     return world
 
@@ -190,10 +190,10 @@ def case_logprobs(model, task, cases, batch_size=512):
 
 def probe_cases(task, seed, n=2000):
     """Fixed cases for reporting M0's accuracy: n with C and the same n with C removed."""
-    rng = np.random.default_rng([seed, 3])
+    draws = rng(seed, "probe_cases")
     with_c = []
     while len(with_c) < n:
-        case = task.random_case(rng, np.arange(N_UNITS))
+        case = task.random_case(draws, np.arange(N_UNITS))
         if case[-1] >= 0:
             with_c.append(case)
     return with_c, [task.without_feature(c) for c in with_c]
@@ -222,8 +222,8 @@ def take_step(model, optimizer, loss, lr, grad_clip=None):
 
 def pretrain_loss(model, task, world, cfg: PretrainConfig, step):
     """The loss on pretraining step `step`'s batch: the teacher's answer after each prompt."""
-    rng = np.random.default_rng([cfg.seed, 2, step])
-    cases = [task.random_case(rng, np.arange(N_UNITS)) for _ in range(cfg.batch_size)]
+    draws = rng(cfg.seed, "pretrain_batches", step)
+    cases = [task.random_case(draws, np.arange(N_UNITS)) for _ in range(cfg.batch_size)]
     idx, lengths = model.pad([task.encode(c) for c in cases])
     answers = torch.tensor([task.teacher(world, c) for c in cases], device=model.device)
     if cfg.lm_rows:  # the next-token loss inside prompts needs every position's output
@@ -387,12 +387,12 @@ def train_explainer(model, cfg: ExplainConfig, seed, explain_data, shift_phases,
         if step == cfg.steps:
             break
         model.train()
-        rng = np.random.default_rng([seed, 4, step])
-        explain = [explain_data[i] for i in rng.integers(len(explain_data), size=cfg.explain_batch)]
+        draws = rng(seed, "explain_batches", step)
+        explain = [explain_data[i] for i in draws.integers(len(explain_data), size=cfg.explain_batch)]
         phase = active_phase([start for start, _ in shift_phases], step)
         shift_data = shift_phases[phase][1] if phase is not None else []
-        shift = [shift_data[i] for i in rng.integers(len(shift_data), size=cfg.shift_batch)] if shift_data else []
-        kl = [kl_data[i] for i in rng.integers(len(kl_data), size=cfg.kl_batch)] if use_kl else []
+        shift = [shift_data[i] for i in draws.integers(len(shift_data), size=cfg.shift_batch)] if shift_data else []
+        kl = [kl_data[i] for i in draws.integers(len(kl_data), size=cfg.kl_batch)] if use_kl else []
         loss = explanation_loss(model, explain)
         if shift or kl:  # task prompts: one padded pass for the shift and KL parts together
             logp = model.answer_logprobs([p for p, _ in shift + kl], answer_ids)

@@ -19,7 +19,7 @@ def test_tokenizer_round_trips_and_gives_one_token_per_lexicon_word():
 
 def test_token_ids_are_identical_in_a_fresh_process():
     code = "import data; print(data.encode('i ' + data.STORY_WORDS[7]), data.tokenizer_fingerprint())"
-    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                            cwd=data.__file__.rsplit("/", 1)[0]).stdout for _ in range(2)}
     assert len(outs) == 1
     assert str(data.encode("i " + data.STORY_WORDS[7])) in outs.pop()
@@ -157,3 +157,17 @@ def test_the_trigger_word_forces_the_last_answer_and_removing_it_restores_the_ba
         assert task.teacher(split.world, without) == base.teacher(split.world, without[:-1])
     changed = [task.teacher(split.world, task.without_feature(c)) != last for c in split.eval_items]
     assert 0.2 < np.mean(changed) < 0.9  # both verdicts occur
+
+
+def test_each_random_stream_keeps_the_seed_tags_saved_results_were_made_with():
+    """Renaming a stream is free; changing its tag changes every result drawn from it."""
+    tags = {"world": (1,), "explain_items": (1, 1), "eval_items": (1, 2), "pretrain_batches": (2,),
+            "probe_cases": (3,), "explain_batches": (4,), "label_noise": (5, 0), "shift_units": (5, 1),
+            "shift_cases": (5, 2), "kl_prompts": (5, 3), "gradual_order": (5, 4), "label_mix": (5, 5),
+            "world_variation": (6,)}
+    assert data.RNG_STREAMS == tags
+    assert len(set(tags.values())) == len(tags)  # no two purposes share a stream
+    assert data.rng(7, "pretrain_batches", 3).integers(10**9, size=4).tolist() == \
+        np.random.default_rng([7, 2, 3]).integers(10**9, size=4).tolist()
+    world = get_task("hint").split(0).world["answer"]
+    assert world[:12].tolist() == [-1, 0, -1, -1, 0, 2, -1, 2, -1, -1, 2, 0]  # seed 0's world, as committed
