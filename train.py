@@ -7,11 +7,16 @@ prompts, plus, optionally, a concurrent behaviour-shift objective. Stage B is ge
 to know what the sequences say; explain.py builds them and eval.py runs the experiments.
 
 Every step's batch is drawn from a generator seeded by (seed, step), so a run resumed from a checkpoint
-sees exactly the batches an uninterrupted run would have seen.
+sees exactly the batches an uninterrupted run would have seen. Each stage's settings are a dataclass
+whose fields are also the command line's flags; its science settings (all but the runtime ones: device,
+threads, checkpoint interval) are a run's identity, so M0 is saved once per variant, under
+runs/checkpoints/ (m0_path), and resumes on another device or thread count.
 
 Pretrain M0 from the command line:  python train.py --task hint --seed 0
 """
 import argparse
+import hashlib
+import json
 import math
 import os
 import time
@@ -26,6 +31,9 @@ from data import (N_UNITS, TASKS, TOKENIZER, check_fraction, check_positive, get
 from model import GPT, GPTConfig, pick_device
 
 BLOCK_SIZE = 48
+REPO = os.path.dirname(os.path.abspath(__file__))
+RUNS_DIR = os.path.join(REPO, "runs")  # the user's one ignored folder: checkpoints and their own results
+LOG_EVERY = 100  # pretraining prints a progress line every LOG_EVERY steps and at the last step
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -39,12 +47,20 @@ def setup(seed, threads, device="auto"):
     return pick_device(device)
 
 
-def atomic_save(obj, path):
-    """torch.save through a temporary file and a rename, so a killed process never leaves half a file."""
+def atomic_write(path, write):
+    """Create `path` by calling write(temporary path) in the same folder, then renaming: a killed process
+    never leaves half a file, and readers see the old file or the new one. The temporary name keeps the
+    extension last (matplotlib picks a figure's format from it)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    base, ext = os.path.splitext(path)
+    tmp = f"{base}.tmp{os.getpid()}{ext}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def unwrap(model):
@@ -55,9 +71,10 @@ def unwrap(model):
 
 def save_checkpoint(path, model, optimizer, config, step, **extra):
     model = unwrap(model)
-    atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
-                 "model_config": asdict(model.cfg), "config": config, "step": step,
-                 "tokenizer": tokenizer_fingerprint(), **extra}, path)
+    ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
+            "model_config": asdict(model.cfg), "config": config, "step": step,
+            "tokenizer": tokenizer_fingerprint(), **extra}
+    atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
 
 
 def load_checkpoint(path, device="cpu"):
@@ -77,8 +94,43 @@ def load_checkpoint(path, device="cpu"):
     return ckpt
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Configs: one dataclass per stage, whose fields are also the command line's flags
+
+def option(default, help, **metadata):
+    """A config field with the help text of its flag, and optional metadata: runtime=True for a setting
+    of how a run executes, not what it computes (at most the rounding changes; not part of a run's
+    identity); absent_means=value for what an older saved config meant when it lacked the field."""
+    return field(default=default, metadata={"help": help, **metadata})
+
+
 def _default(f):
     return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+def add_config_flags(parser, cls, prefix="", skip=()):
+    """A --flag for each field of the dataclass cls (nested configs and `skip` excepted), typed and
+    defaulted like the field, with its help; prefix (e.g. "pretrain-") keeps two configs' flags apart."""
+    for f in fields(cls):
+        default = _default(f)
+        if is_dataclass(default) or f.name in skip:
+            continue
+        parser.add_argument(f"--{prefix}{f.name.replace('_', '-')}", dest=prefix.replace("-", "_") + f.name,
+                            type=type(default), default=default, help=f"{f.metadata['help']} (default: {default})")
+
+
+def config_from_flags(values: dict, cls, prefix=""):
+    """cls built from parsed flags (vars(args)) for the fields that have one; the others keep their
+    defaults."""
+    dest = prefix.replace("-", "_")
+    return cls(**{f.name: values[dest + f.name] for f in fields(cls) if dest + f.name in values})
+
+
+def science(config) -> dict:
+    """A config as a dict (nested configs too) without its runtime settings: what a run's numbers are
+    made of, and so what names a run and decides whether a saved one can be reused."""
+    return {f.name: science(getattr(config, f.name)) if is_dataclass(getattr(config, f.name))
+            else getattr(config, f.name) for f in fields(config) if not f.metadata.get("runtime")}
 
 
 def with_defaults(saved, cls):
@@ -112,10 +164,11 @@ def non_defaults(config):
 # ---------------------------------------------------------------------------------------------------------
 # Losses shared by both stages
 
-def check_finite(loss, step, stage):
+def check_finite(loss, step, stage, lower):
+    """Stop at the first loss that is nan or infinite (every later step would be wasted), saying what to
+    lower."""
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"{stage}: the loss became {loss.item()} at step {step}; lower the "
-                                 f"learning rate or check the data")
+        raise FloatingPointError(f"{stage}: the loss became {loss.item()} at step {step}; lower {lower}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -123,21 +176,21 @@ def check_finite(loss, step, stage):
 
 @dataclass
 class PretrainConfig:
-    task: str = "hint"
-    seed: int = 0  # initialisation and batches
-    world_seed: int = -1  # the task's world (its facts); -1: the same as seed
-    world_variation: float = 0.0  # fraction of units whose facts differ from that world (another family's)
-    steps: int = 600
-    batch_size: int = 128
-    lr: float = 5e-3
-    warmup: int = 50
-    lm_rows: int = 0  # rows of each batch whose prompt tokens also get a next-token loss (0: off)
-    n_layer: int = 2
-    n_head: int = 4
-    n_embd: int = 64
-    threads: int = 1  # one thread per run; a suite runs one run per core (eval.py --jobs)
-    device: str = "auto"
-    checkpoint_every: int = 200
+    task: str = option("hint", f"the task M0 learns: one of {', '.join(TASKS)}")
+    seed: int = option(0, "initialisation and batches")
+    world_seed: int = option(-1, "the task's world (its facts); -1: the same as seed")
+    world_variation: float = option(0.0, "fraction of units whose facts differ from that world (how "
+                                         "another model family's world is made)")
+    steps: int = option(600, "pretraining steps")
+    batch_size: int = option(128, "cases per step")
+    lr: float = option(5e-3, "peak learning rate")
+    warmup: int = option(50, "steps of linear warm-up before the cosine decay")
+    n_layer: int = option(2, "transformer blocks")
+    n_head: int = option(4, "attention heads per block")
+    n_embd: int = option(64, "width of the residual stream")
+    threads: int = option(1, "CPU threads; one per run, and a suite runs one run per core", runtime=True)
+    device: str = option("auto", "auto, cpu, cuda or mps", runtime=True)
+    checkpoint_every: int = option(200, "steps between checkpoints a killed run resumes from", runtime=True)
 
     def __post_init__(self):
         get_task(self.task)
@@ -146,8 +199,6 @@ class PretrainConfig:
         if not self.lr > 0:
             raise ValueError(f"lr={self.lr} must be positive")
         check_fraction("world_variation", self.world_variation)
-        if not 0 <= self.lm_rows <= self.batch_size:
-            raise ValueError(f"lm_rows={self.lm_rows} must lie in [0, batch_size={self.batch_size}]")
 
 
 def task_world(task, cfg: PretrainConfig):
@@ -226,17 +277,15 @@ def pretrain_loss(model, task, world, cfg: PretrainConfig, step):
     cases = [task.random_case(draws, np.arange(N_UNITS)) for _ in range(cfg.batch_size)]
     idx, lengths = model.pad([task.encode(c) for c in cases])
     answers = torch.tensor([task.teacher(world, c) for c in cases], device=model.device)
-    if cfg.lm_rows:  # the next-token loss inside prompts needs every position's output
-        h = model.hidden(idx)
-        answer_h = h[torch.arange(len(cases)), lengths - 1]
-    else:
-        answer_h = model.hidden(idx, (lengths - 1)[:, None])[:, 0]
-    loss = F.nll_loss(model.answer_logprobs_from_hidden(answer_h, task.answer_ids), answers)
-    if cfg.lm_rows:
-        lm_idx, lm_h, lm_len = idx[: cfg.lm_rows], h[: cfg.lm_rows, :-1], lengths[: cfg.lm_rows]
-        inside = torch.arange(lm_idx.shape[1] - 1, device=model.device)[None, :] < (lm_len[:, None] - 1)
-        loss = loss + F.cross_entropy(model.head(lm_h[inside]).float(), lm_idx[:, 1:][inside])
-    return loss
+    answer_h = model.hidden(idx, (lengths - 1)[:, None])[:, 0]
+    return F.nll_loss(model.answer_logprobs_from_hidden(answer_h, task.answer_ids), answers)
+
+
+def m0_path(cfg: PretrainConfig, runs_dir=None):
+    """Where M0 of these settings is saved: one checkpoint per variant (named by a digest of its science
+    settings), so a variant and the default model of the same seed never overwrite each other."""
+    digest = hashlib.sha1(json.dumps(science(cfg), sort_keys=True).encode()).hexdigest()[:8]
+    return os.path.join(runs_dir or RUNS_DIR, "checkpoints", cfg.task, f"seed{cfg.seed}", f"m0_{digest}.pt")
 
 
 def pretrain(cfg: PretrainConfig, path, log=print):
@@ -249,9 +298,12 @@ def pretrain(cfg: PretrainConfig, path, log=print):
     start, elapsed = 0, 0.0
     if os.path.exists(path):
         ckpt = load_checkpoint(path, device)
-        if with_defaults(ckpt["config"], PretrainConfig) != asdict(cfg):
-            raise ValueError(f"checkpoint {path} was made with another config {ckpt['config']}; delete it "
-                             f"or choose another output path")
+        saved = with_defaults(ckpt["config"], PretrainConfig)
+        differ = [f"{name} {saved[name]!r} there, {value!r} here" for name, value in science(cfg).items()
+                  if saved[name] != value]  # runtime settings may differ: resume on another device
+        if differ:
+            raise ValueError(f"checkpoint {path} was made with another config ({', '.join(differ)}); delete "
+                             f"it or choose another output path")
         unwrap(model).load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start, elapsed = ckpt["step"], ckpt.get("seconds", 0.0)
@@ -261,12 +313,14 @@ def pretrain(cfg: PretrainConfig, path, log=print):
     t0 = time.time()
     model.train()
     for step in range(start, cfg.steps):
-        loss = pretrain_loss(model, task, world, cfg, step)
-        check_finite(loss, step, "pretraining")
-        take_step(model, optimizer, loss, lr_at(step, cfg))
+        loss, lr = pretrain_loss(model, task, world, cfg, step), lr_at(step, cfg)
+        check_finite(loss, step, "pretraining", f"the learning rate (now {cfg.lr})")
+        take_step(model, optimizer, loss, lr)
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
             save_checkpoint(path, model, optimizer, asdict(cfg), step + 1, seconds=elapsed + time.time() - t0)
-            log(f"  step {step + 1}/{cfg.steps} loss {loss.item():.4f}")
+        if (step + 1) % LOG_EVERY == 0 or step + 1 == cfg.steps:
+            log(f"pretraining step {step + 1}/{cfg.steps}: loss {loss.item():.4f}, lr {lr:.2e}, "
+                f"{elapsed + time.time() - t0:.1f} s")
     model.eval()
     with_c, without_c = probe_cases(task, cfg.seed)
     report = {"accuracy_with_c": behaviour_accuracy(model, task, world, with_c),
@@ -284,23 +338,24 @@ SHIFT_IN = ("all", "units", "layers")
 
 @dataclass
 class ExplainConfig:
-    steps: int = 300
-    lr: float = 5e-3  # chosen on fresh seeds 30-34 against 3e-3 (README, "How this regime was found")
-    explain_batch: int = 128
-    shift_batch: int = 128
-    kl_batch: int = 64
-    kl_weight: float = 3.0  # chosen on fresh seeds 20-24 (README, "Choosing the KL weight")
-    warmup: int = 30
-    grad_clip: float = 1.0
-    eval_every: int = 50
-    lora_rank: int = 0  # 0: full fine-tuning; r > 0: only rank-r adapters and the embedding train
-    # AdamW's, on every trained weight; chosen on fresh seeds 50-59 (README). Results saved before the
-    # field existed were made without decay.
-    weight_decay: float = field(default=0.1, metadata={"absent_means": 0.0})
-    # Where the concurrent shift may be written (README, "Where coupling runs"): "all" weights; "units":
-    # the shift's gradient reaches only the unit words' embeddings; "layers": those embeddings stay at
-    # M0's values under every loss, so the shift can live only in the layers.
-    shift_in: str = "all"
+    steps: int = option(300, "explanation training steps")
+    # chosen on fresh seeds 30-34 against 3e-3 (README, "How this regime was found")
+    lr: float = option(5e-3, "peak learning rate")
+    explain_batch: int = option(128, "explanation sequences per step")
+    shift_batch: int = option(128, "shift cases per step")
+    kl_batch: int = option(64, "KL prompts per step")
+    # chosen on fresh seeds 20-24 (README, "Choosing the KL weight")
+    kl_weight: float = option(3.0, "weight of KL(current || M0) on the KL prompts' answers (0: no KL term)")
+    warmup: int = option(30, "steps of linear warm-up before the cosine decay")
+    grad_clip: float = option(1.0, "largest gradient norm (0: no clipping)")
+    eval_every: int = option(50, "steps between evaluations")
+    lora_rank: int = option(0, "0: full fine-tuning; r > 0: only rank-r adapters and the embedding train")
+    # Chosen on fresh seeds 50-59 (README). Results saved before the field existed were made without decay.
+    weight_decay: float = option(0.1, "AdamW's weight decay, on every trained weight", absent_means=0.0)
+    # README, "Where coupling runs"
+    shift_in: str = option("all", "where the concurrent shift may be written: all weights; units: its "
+                                  "gradient reaches only the unit words' embeddings; layers: those embeddings "
+                                  "stay at M0's values under every loss, so the shift lives in the layers")
 
     def __post_init__(self):
         for name in ("steps", "explain_batch", "shift_batch", "kl_batch", "eval_every"):
@@ -374,16 +429,22 @@ def train_explainer(model, cfg: ExplainConfig, seed, explain_data, shift_phases,
     the next phase's start) the shift objective trains on that phase's data. [] or empty data: no shift.
     kl_data: (prompt_ids, reference log-probs) pairs: task prompts whose answer distribution is held
     near the frozen reference model's, computed once before training.
-    on_eval(step, model) is called at step 0, every eval_every steps and at the end."""
+    on_eval(step, model, losses) is called at step 0, every eval_every steps and at the end, with the
+    mean of each loss part over the steps since the previous call: {"explain_loss", "shift_loss",
+    "kl_loss" (before kl_weight)}, nan for a part absent from those steps (all of them at step 0)."""
     device = model.device
     optimizer = new_optimizer(model, cfg.lr, cfg.weight_decay)
     use_kl = cfg.kl_weight > 0 and len(kl_data) > 0
+    lower = f"the learning rate (now {cfg.lr})" + (f" or the KL weight (now {cfg.kl_weight})" if use_kl else "")
     units = torch.from_numpy(unit_token_ids()).to(device) if cfg.shift_in != "all" else None
     m0_unit_rows = model.tok_emb.weight.detach()[units].clone() if cfg.shift_in == "layers" else None
+    parts = {"explain_loss": [], "shift_loss": [], "kl_loss": []}  # each step's values, detached
     for step in range(cfg.steps + 1):
         if on_eval and (step % cfg.eval_every == 0 or step == cfg.steps):
             model.eval()
-            on_eval(step, model)
+            on_eval(step, model, {name: torch.stack(values).mean().item() if values else math.nan
+                                  for name, values in parts.items()})
+            parts = {name: [] for name in parts}
         if step == cfg.steps:
             break
         model.train()
@@ -394,18 +455,22 @@ def train_explainer(model, cfg: ExplainConfig, seed, explain_data, shift_phases,
         shift = [shift_data[i] for i in draws.integers(len(shift_data), size=cfg.shift_batch)] if shift_data else []
         kl = [kl_data[i] for i in draws.integers(len(kl_data), size=cfg.kl_batch)] if use_kl else []
         loss = explanation_loss(model, explain)
+        parts["explain_loss"].append(loss.detach())
         if shift or kl:  # task prompts: one padded pass for the shift and KL parts together
             logp = model.answer_logprobs([p for p, _ in shift + kl], answer_ids)
             if shift:
                 answers = torch.tensor([a for _, a in shift], device=device)
                 shift_loss = F.nll_loss(logp[: len(shift)], answers)
+                parts["shift_loss"].append(shift_loss.detach())
                 if cfg.shift_in == "units":
                     shift_loss = gradient_on_rows(shift_loss, model.tok_emb.weight, units)
                 loss = loss + shift_loss
             if kl:
                 reference = torch.stack([r for _, r in kl]).to(device)
-                loss = loss + cfg.kl_weight * kl_to_reference(logp[len(shift):], reference)
-        check_finite(loss, step, "explanation training")
+                kl_loss = kl_to_reference(logp[len(shift):], reference)
+                parts["kl_loss"].append(kl_loss.detach())
+                loss = loss + cfg.kl_weight * kl_loss
+        check_finite(loss, step, "explanation training", lower)
         take_step(model, optimizer, loss, lr_at(step, cfg), cfg.grad_clip)
         if m0_unit_rows is not None:
             with torch.no_grad():
@@ -418,18 +483,15 @@ def train_explainer(model, cfg: ExplainConfig, seed, explain_data, shift_phases,
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Pretrain M0 on a task's behaviour.")
-    parser.add_argument("--task", default="hint", help=f"one of: {', '.join(TASKS)}")
-    parser.add_argument("--out", default=None, help="checkpoint path (default runs/TASK/seedSEED/m0.pt)")
-    for name, default in asdict(PretrainConfig()).items():
-        if name != "task":
-            parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    parser.add_argument("--out", default=None, help="checkpoint path (default: runs/checkpoints/TASK/seedSEED/"
+                                                    "m0_DIGEST.pt, one per variant of the settings)")
+    add_config_flags(parser, PretrainConfig)
     args = vars(parser.parse_args(argv))
-    out = args.pop("out")
     try:
-        cfg = PretrainConfig(**args)
+        cfg = config_from_flags(args, PretrainConfig)
     except ValueError as err:
         parser.error(str(err))
-    path = out or os.path.join("runs", cfg.task, f"seed{cfg.seed}", "m0.pt")
+    path = args["out"] or m0_path(cfg)
     _, report = pretrain(cfg, path)
     print(f"{cfg.task} seed {cfg.seed}: accuracy with C {report['accuracy_with_c']:.3f}, without C "
           f"{report['accuracy_without_c']:.3f}, {report['seconds']} s, {report['n_params']} parameters -> {path}")
