@@ -26,8 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data import (N_UNITS, TASKS, TOKENIZER, check_fraction, check_positive, get_task, rng, tokenizer_fingerprint,
-                  unit_token_ids)
+from data import (N_UNITS, TASKS, TOKENIZER, check_fraction, check_positive, get_task, rng,
+                  tokenizer_fingerprint, unit_token_ids)
 from model import GPT, GPTConfig, pick_device
 
 BLOCK_SIZE = 48
@@ -116,7 +116,8 @@ def add_config_flags(parser, cls, prefix="", skip=()):
         if is_dataclass(default) or f.name in skip:
             continue
         parser.add_argument(f"--{prefix}{f.name.replace('_', '-')}", dest=prefix.replace("-", "_") + f.name,
-                            type=type(default), default=default, help=f"{f.metadata['help']} (default: {default})")
+                            type=type(default), default=default,
+                            help=f"{f.metadata['help']} (default: {default})")
 
 
 def config_from_flags(values: dict, cls, prefix=""):
@@ -289,7 +290,8 @@ def m0_path(cfg: PretrainConfig, runs_dir=None):
 
 
 def pretrain(cfg: PretrainConfig, path, log=print):
-    """Train M0 (or resume it from `path`); returns (model, report dict). Checkpoints atomically."""
+    """Train M0 (or resume it from `path`); returns (model, report dict). Checkpoints atomically every
+    checkpoint_every steps; logs a progress line every LOG_EVERY steps and at the end."""
     device = setup(cfg.seed, cfg.threads, cfg.device)
     task = get_task(cfg.task)
     world = task_world(task, cfg)
@@ -310,11 +312,11 @@ def pretrain(cfg: PretrainConfig, path, log=print):
         if start >= cfg.steps:
             return model, ckpt["report"]
         log(f"resuming {path} at step {start}")
-    t0 = time.time()
+    t0, lower = time.time(), f"the learning rate (now {cfg.lr})"
     model.train()
     for step in range(start, cfg.steps):
         loss, lr = pretrain_loss(model, task, world, cfg, step), lr_at(step, cfg)
-        check_finite(loss, step, "pretraining", f"the learning rate (now {cfg.lr})")
+        check_finite(loss, step, "pretraining", lower)
         take_step(model, optimizer, loss, lr)
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
             save_checkpoint(path, model, optimizer, asdict(cfg), step + 1, seconds=elapsed + time.time() - t0)

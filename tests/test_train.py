@@ -136,11 +136,12 @@ def test_a_nan_loss_stops_explanation_training_and_names_the_kl_weight():
                               "(now 0.005) or the KL weight (now 3.0)")
 
 
-def test_pretraining_logs_progress_every_hundred_steps_and_at_the_end_whatever_the_checkpoints(tmp_path):
+def test_pretraining_logs_progress_at_a_fixed_interval_and_at_the_end_whatever_the_checkpoints(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "LOG_EVERY", 10)  # 100 in a real run
     lines = []
-    pretrain(small(steps=250, checkpoint_every=30), str(tmp_path / "m0.pt"), log=lines.append)
+    pretrain(small(steps=25, checkpoint_every=7), str(tmp_path / "m0.pt"), log=lines.append)
     progress = [line for line in lines if line.startswith("pretraining step")]
-    assert [line.split()[2] for line in progress] == ["100/250:", "200/250:", "250/250:"]
+    assert [line.split()[2] for line in progress] == ["10/25:", "20/25:", "25/25:"]
     assert all(" loss " in line and " lr " in line and line.endswith(" s") for line in progress)
 
 
