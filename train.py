@@ -202,6 +202,11 @@ class PretrainConfig:
         check_fraction("world_variation", self.world_variation)
 
 
+# Fields PretrainConfig no longer has, with the value that computed what the code computes now: a
+# checkpoint saved with another value was made by code that is gone, and is never resumed.
+REMOVED_PRETRAIN_FIELDS = {"lm_rows": 0}  # a next-token loss inside prompts; rejected
+
+
 def task_world(task, cfg: PretrainConfig):
     """The world M0 learns: the task's world for world_seed (by default the seed), with the facts of a
     fraction world_variation of its units changed by the task's broadest shift."""
@@ -303,6 +308,8 @@ def pretrain(cfg: PretrainConfig, path, log=print):
         saved = with_defaults(ckpt["config"], PretrainConfig)
         differ = [f"{name} {saved[name]!r} there, {value!r} here" for name, value in science(cfg).items()
                   if saved[name] != value]  # runtime settings may differ: resume on another device
+        differ += [f"{name} {saved[name]!r} there, removed here" for name, off in REMOVED_PRETRAIN_FIELDS.items()
+                   if saved.get(name, off) != off]
         if differ:
             raise ValueError(f"checkpoint {path} was made with another config ({', '.join(differ)}); delete "
                              f"it or choose another output path")

@@ -69,7 +69,7 @@ def test_missing_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
     assert open(good, "rb").read() == before  # a refused checkpoint is left as it was
 
 
-def test_a_checkpoint_resumes_under_other_runtime_settings_and_from_before_lm_rows_was_removed(tmp_path):
+def test_a_checkpoint_resumes_under_other_runtime_settings_and_with_the_removed_lm_rows_only_if_it_was_off(tmp_path):
     path = str(tmp_path / "m0.pt")
     _, report = pretrain(small(steps=5), path, log=lambda *a: None)
     _, again = pretrain(small(steps=5, threads=2, checkpoint_every=3, device="cpu"), path, log=lambda *a: None)
@@ -78,6 +78,10 @@ def test_a_checkpoint_resumes_under_other_runtime_settings_and_from_before_lm_ro
     ckpt["config"]["lm_rows"] = 0  # saved while the rejected next-token variant existed (0: off)
     torch.save(ckpt, path)
     assert pretrain(small(steps=5), path, log=lambda *a: None)[1] == report
+    ckpt["config"]["lm_rows"] = 8  # made with it on: another model
+    torch.save(ckpt, path)
+    with pytest.raises(ValueError, match=r"another config \(lm_rows 8 there, removed here\)"):
+        pretrain(small(steps=5), path, log=lambda *a: None)
 
 
 def test_checkpoints_load_across_compiled_and_plain_models(tmp_path):
