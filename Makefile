@@ -1,11 +1,16 @@
 # Every target builds its own virtual environment from the pinned requirements first.
+# Your runs, results, figures and reports go to runs/ (ignored); the committed results/, figures/,
+# REPORT.md and STRESS.md are the published reference, written only by `make publish`.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEVICE ?= auto
-SEEDS ?= 0,1,2
+SEEDS ?=
+TASK ?= hint
+SEED ?= 0
+EXPERIMENTS ?=
 
-.PHONY: test reproduce reproduce-all stress quick report bench clean
+.PHONY: test quick reproduce reproduce-all stress report show bench publish clean
 
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,24 +20,33 @@ $(VENV)/installed: requirements.txt
 test: $(VENV)/installed
 	$(PY) -m pytest -q tests
 
+quick: $(VENV)/installed
+	$(PY) experiments.py quick --device $(DEVICE)
+
 reproduce: $(VENV)/installed
-	$(PY) eval.py reproduce --device $(DEVICE) --seeds $(SEEDS)
+	$(PY) experiments.py reproduce --device $(DEVICE) --seeds "$(SEEDS)"
 
 reproduce-all: $(VENV)/installed
-	$(PY) eval.py reproduce-all --device $(DEVICE)
+	$(PY) experiments.py reproduce-all --device $(DEVICE)
 
 stress: $(VENV)/installed
 	$(PY) stress.py --device $(DEVICE)
 
-quick: $(VENV)/installed
-	$(PY) eval.py quick --device $(DEVICE)
-
 report: $(VENV)/installed
-	$(PY) eval.py report
-	$(PY) stress.py report
+	$(PY) experiments.py report
+	if [ -d runs/results/stress ]; then $(PY) stress.py report; fi
+
+show: $(VENV)/installed
+	$(PY) experiments.py show --task $(TASK) --seed $(SEED)
 
 bench: $(VENV)/installed
 	$(PY) bench.py --device $(DEVICE)
 
+# Maintainers: copy your results of EXPERIMENTS (e.g. main) and your stress results and benchmarks into
+# the reference, then rebuild REPORT.md, STRESS.md, figures/ and the README's main table from it.
+publish: $(VENV)/installed
+	$(PY) experiments.py publish --experiments "$(EXPERIMENTS)"
+	$(PY) stress.py publish
+
 clean:
-	rm -rf runs results/quick
+	rm -rf runs

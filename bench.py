@@ -1,5 +1,5 @@
 """Speed and memory of the default model on this machine: `make bench` prints a table and writes
-results/bench.json.
+runs/bench.json (runs/bench_Nthreads.json for N threads); `make publish` copies it into the reference.
 
 Training speed is reported three ways: real (unpadded) tokens per second; the FLOP/s actually executed,
 counted op by op by torch's FlopCounterMode over one step (forward, backward and optimizer); and that
@@ -18,7 +18,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from data import N_UNITS, get_task
-from eval import RESULTS, provenance, write_json
+import train
+from eval import provenance, write_json
 from explain import behaviour, pair_cases
 from train import PretrainConfig, lr_at, new_model, new_optimizer, pretrain_loss, setup, take_step
 
@@ -113,17 +114,17 @@ def main(argv=None):
     except ValueError as err:
         parser.exit(2, f"error: {err}\n")
     peak = matmul_peak(device)
-    train = training_speed(cfg, device, args.steps)
+    training = training_speed(cfg, device, args.steps)
     evaluation = evaluation_speed(cfg, device, args.items)
     result = {"device": str(device), "threads": cfg.threads, "matmul_peak_flop_per_second": peak,
-              "training": {**train, "fraction_of_matmul_peak": train["flop_per_second"] / peak},
+              "training": {**training, "fraction_of_matmul_peak": training["flop_per_second"] / peak},
               "evaluation": evaluation, "peak_memory_mb": peak_memory_mb(device),
               "config": vars(args), "provenance": provenance()}
     rows = [("device", f"{device} ({cfg.threads} threads)"),
             ("matmul peak", f"{peak / 1e9:.1f} GFLOP/s"),
-            ("training", f"{train['tokens_per_second'] / 1e3:.1f}k tokens/s, "
-                         f"{train['seconds_per_step'] * 1e3:.1f} ms/step of {cfg.batch_size} prompts"),
-            ("training FLOP/s", f"{train['flop_per_second'] / 1e9:.1f} GFLOP/s = "
+            ("training", f"{training['tokens_per_second'] / 1e3:.1f}k tokens/s, "
+                         f"{training['seconds_per_step'] * 1e3:.1f} ms/step of {cfg.batch_size} prompts"),
+            ("training FLOP/s", f"{training['flop_per_second'] / 1e9:.1f} GFLOP/s = "
                                 f"{result['training']['fraction_of_matmul_peak']:.0%} of the matmul peak"),
             ("evaluation, batched", f"{evaluation['batched_pairs_per_second']:.0f} pairs/s"),
             ("evaluation, one by one", f"{evaluation['looped_pairs_per_second']:.0f} pairs/s"),
@@ -131,7 +132,7 @@ def main(argv=None):
             ("peak memory", f"{result['peak_memory_mb']:.0f} MB")]
     for name, value in rows:
         print(f"{name:24s} {value}")
-    path = os.path.join(RESULTS, "bench.json")
+    path = os.path.join(train.RUNS_DIR, "bench.json" if cfg.threads == 1 else f"bench_{cfg.threads}threads.json")
     write_json(result, path)
     print(f"-> {path}", file=sys.stderr)
 

@@ -68,6 +68,12 @@ def labels_from_behaviour(with_c, without_c):
     return Labels(changed=(with_c != without_c).astype(int), answer=np.asarray(without_c, dtype=int))
 
 
+def current_labels(model, task, items):
+    """E(M) on items, and the answer log-probabilities over pair_cases(task, items) it was read from."""
+    logp = case_logprobs(model, task, pair_cases(task, items))
+    return labels_from_behaviour(*split_pairs(logp.argmax(-1).numpy())), logp
+
+
 def explanation_query(task, case, query=QUERY):
     return task.render_body(case) + query.format(feature=task.feature)
 
@@ -157,3 +163,45 @@ def add_label_noise(task, labels, with_c, fraction, rng):
         else:
             changed[i], answer[i] = 1, (answer[i] + rng.integers(1, n_answers)) % n_answers
     return Labels(changed, answer), flip
+
+
+def mean_or_nan(values):
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
+def probe_explainer(model, task, items, original):
+    """Adversarial probes of a trained explainer, each scored against its current behaviour: queries
+    reworded as never in training, a control query about removing a word the teacher ignores (true
+    answer: "would remain" the answer with C), a query that suggests the wrong explanation (does it
+    become sycophantic about itself?), and the items whose C the model now ignores but M0 followed.
+    Last, the verdict alone where the shift flipped it, as generated and as a forced choice between
+    "remain" and "become": does an explainer that fails there not know, or not write it down?"""
+    with_c, without_c = behaviour(model, task, items)
+    current = labels_from_behaviour(with_c, without_c)
+
+    def row(correct, malformed, mask=None):
+        mask = np.ones(len(items), dtype=bool) if mask is None else mask
+        return {"n": int(mask.sum()), "accuracy": mean_or_nan(correct[mask]), "malformed": mean_or_nan(malformed[mask])}
+
+    def scored(explanations, truth, mask=None):
+        return row(explanations.matches(truth), explanations.changed < 0, mask)
+
+    plain = explain(model, task, items)
+    rows = {"training query": scored(plain, current)}
+    for i, query in enumerate(PARAPHRASES, 1):
+        rows[f"paraphrase {i}"] = scored(explain(model, task, items, query), current)
+    control = explain(model, task, items, QUERY.replace("{feature}", task.irrelevant))
+    rows["control: irrelevant word removed"] = scored(control, Labels(np.zeros_like(with_c), with_c))
+    suggested = wrong_explanations(task, current, with_c)
+    leading = explain(model, task, items, leading_queries(task, suggested))
+    rows["leading: wrong explanation suggested"] = {**scored(leading, current),
+                                                   "follows_suggestion": mean_or_nan(leading.matches(suggested))}
+    rows["C present, now ignored, M0 followed it"] = scored(plain, current, (current.changed == 0) & (original.changed == 1))
+    rows["C present, ignored by M0 and now"] = scored(plain, current, (current.changed == 0) & (original.changed == 0))
+    verdict_flipped = current.changed != original.changed
+    forced = forced_verdicts(model, task, items)
+    never_malformed = np.zeros(len(items), dtype=bool)
+    rows["verdict flipped: verdict generated"] = row(plain.changed == current.changed, plain.changed < 0, verdict_flipped)
+    rows["verdict flipped: verdict forced"] = row(forced == current.changed, never_malformed, verdict_flipped)
+    rows["verdict kept: verdict forced"] = row(forced == current.changed, never_malformed, ~verdict_flipped)
+    return rows

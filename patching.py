@@ -33,8 +33,6 @@ Two outputs are measured, each as a difference of two logits at the last positio
                m = logit(" become") - logit(" remain"), the verdict word that comes next.
 If behaviour and explanation share circuits, the two effect profiles over components should look alike.
 """
-import math
-
 import numpy as np
 import torch
 
@@ -221,50 +219,3 @@ def mean_profiles(results):
         parts = [i for i, name in enumerate(names) if not name.endswith("resid")]
         profiles[task] = (names, *means, _correlation(means[0][parts], means[1][parts]), runs)
     return profiles
-
-
-def plot_patching(results, path):
-    """Grouped bars per component, behaviour vs explanation effect, one panel per task: the mean over
-    seeds with each seed as a dot; each title gives the correlation of the two mean effect profiles.
-    results: run result dicts holding "patching" (as from patching_effects; null read back as nan)."""
-    from eval import _save_figure, pyplot
-    plt = pyplot()
-    profiles = mean_profiles(results)
-    if not profiles:
-        raise ValueError("no result holds patching effects; nothing to plot")
-    fig, axes = plt.subplots(len(profiles), 1, figsize=(10, 3.2 * len(profiles)), squeeze=False)
-    for ax, (task, (names, behaviour_mean, explanation_mean, r, runs)) in zip(axes[:, 0], profiles.items()):
-        x = np.arange(len(names))
-        for offset, kind, mean, color in ((-0.2, "behaviour", behaviour_mean, "tab:blue"),
-                                          (0.2, "explanation", explanation_mean, "tab:orange")):
-            ax.bar(x + offset, np.nan_to_num(mean), width=0.4, color=color, alpha=0.6, label=kind)
-            for run in runs:
-                ax.plot(x + offset, [np.nan if v is None else v for v in run["patching"][kind]], "o",
-                        color=color, markersize=3)
-        ax.set_title(f"{task} ({len(runs)} run{'s' if len(runs) > 1 else ''} with items): correlation of the "
-                     f"attn/mlp profiles {'n/a' if math.isnan(r) else f'{r:+.2f}'}")
-        ax.axhline(0, color="gray", linewidth=0.5)
-        ax.axhline(1, color="gray", linewidth=0.5, linestyle=":")
-        ax.set_xticks(x, names, rotation=45, ha="right")
-        ax.set_ylabel("patching effect")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    _save_figure(fig, path)
-
-
-def patching_table(results):
-    """Markdown: mean effect of each component on the answer and on the explanation, per task."""
-    profiles = mean_profiles(results)
-    names = next(iter(profiles.values()))[0]
-    rows = ["| task | runs with items | items per run (of answer changed) | effect on | " + " | ".join(names)
-            + " | correlation (attn/mlp) |", "|---" * (5 + len(names)) + "|"]
-    for task, (_, behaviour_mean, explanation_mean, r, runs) in profiles.items():
-        items = np.mean([run["patching"]["n_items"] for run in runs])
-        # results from before the verdict had to change too (commit c11c66c and older) lack the count
-        changed = np.mean([run["patching"].get("n_answer_changed", np.nan) for run in runs])
-        count = f"{items:.0f} ({'n/a' if math.isnan(changed) else f'{changed:.0f}'})"
-        for kind, mean in (("answer", behaviour_mean), ("explanation", explanation_mean)):
-            cells = " | ".join("n/a" if math.isnan(v) else f"{v:+.2f}" for v in mean)
-            rows.append(f"| {task} | {len(runs)} | {count} | {kind} | {cells} | "
-                        f"{'n/a' if math.isnan(r) else f'{r:+.2f}'} |")
-    return "\n".join(rows)

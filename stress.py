@@ -11,25 +11,29 @@ step of the computation. Each cell of a phase diagram is marked:
 An oscillating shift ends where it began, with almost nothing flipped, so its cells are judged at the
 evaluation just before it shifts back (step back_at), when the shift is at its largest.
 
-    python stress.py              every stress run (resumable, parallel), figures and STRESS.md
-    python stress.py report       figures and STRESS.md from saved results
+    python stress.py              every stress run in your store (resumable, parallel), runs/STRESS.md
+    python stress.py report       runs/STRESS.md again from your saved results
+    python stress.py publish      maintainers: your stress results into the reference, STRESS.md rebuilt
     python eval.py run --task refusal --schedule sharp --shift-size 0.3 --label-noise 0.2 --seed 3
-                                  one stress run, printed live, with its results JSON and curve figure
+                                  one stress run of your own, printed live
 """
 import argparse
 import os
 
 import numpy as np
 
-from eval import (DEFAULT_SHIFT, FIGURES, JOBS_HELP, RESULTS, RunConfig, _fmt, _save_figure, is_coupled, jobs,
-                  load_results, mean_ci, plot_runs, pyplot, result_path, run_suites)
-from train import ExplainConfig, PretrainConfig
+import train
+from eval import (DEFAULT_SHIFT, SCHEDULES as ALL_SCHEDULES, RunConfig, config_from_dict, is_coupled, is_kl, mean_ci,
+                  write_json)
+from experiments import default_jobs, load_results, result_path, run_suites, saved_result, store
+from report import fmt as _fmt, markdown_table, plot_runs, pyplot, save_figure as _save_figure, write_text
+from train import REPO, ExplainConfig, PretrainConfig
 
 EXPERIMENT = "stress"
 GRID_TASKS = ("hint", "judgement", "refusal")
 GRID_SEEDS = (0, 1)
 SIZES = (0.1, 0.3)  # fraction of held-out units shifted
-SCHEDULES = ("sharp", "gradual", "oscillating")
+SCHEDULES = ALL_SCHEDULES[1:]  # sharp, gradual, oscillating
 NOISES = (0.0, 0.3)
 HEADLINE_TASKS = GRID_TASKS + ("twohop",)
 HEADLINE_SEEDS = (0, 1, 2, 3, 4)
@@ -48,7 +52,7 @@ def stress_configs(device="auto"):
             for size in SIZES:
                 configs += [run(task, seed, shift_size=size, schedule=schedule) for schedule in SCHEDULES]
                 configs += [run(task, seed, shift_size=size, label_noise=noise) for noise in NOISES if noise]
-    name = lambda cfg: result_path(EXPERIMENT, cfg, tagged=True)
+    name = lambda cfg: result_path(EXPERIMENT, cfg)
     in_headline = {name(cfg) for cfg in headline}
     grid = {name(cfg): cfg for cfg in configs if name(cfg) not in in_headline}
     return headline, list(grid.values())
@@ -123,8 +127,7 @@ def plot_phase_diagram(table, columns, column_label, key_of, path):
 
 
 def grid_table(table, columns, column_name, key_of):
-    rows = [f"| task | shift size | {column_name} | seeds | step | agreement | flipped | Self - Orig | Self@flipped | "
-            "follows C (M0 / now) | task accuracy | runs coupled | verdict |", "|---" * 13 + "|"]
+    rows = []
     for task in GRID_TASKS:
         for size in SIZES:
             for value in columns:
@@ -133,14 +136,13 @@ def grid_table(table, columns, column_name, key_of):
                     continue
                 col = lambda key, **kw: _fmt([judged(r)[key] for r in runs], **kw)
                 m0 = _fmt([r["baseline"]["changed_fraction"] for r in runs], digits=2)
-                value_text = f"{value:g}" if isinstance(value, float) else value
-                rows.append(f"| {task} | {size:g} | {value_text} | {len(runs)} | {judged(runs[0])['step']} | "
-                            f"{col('agreement', digits=2)} | "
-                            f"{col('n_flipped', digits=0)} | "
-                            f"**{col('gap', signed=True)}** | {col('self_flipped', digits=2)} | "
-                            f"{m0} / {col('changed_fraction', digits=2)} | {col('task_accuracy', digits=2)} | "
-                            f"{coupled_runs(runs)}/{len(runs)} | {verdict(runs)} |")
-    return "\n".join(rows)
+                rows.append([task, f"{size:g}", f"{value:g}" if isinstance(value, float) else value, len(runs),
+                             judged(runs[0])["step"], col("agreement", digits=2), col("n_flipped", digits=0),
+                             f"**{col('gap', signed=True)}**", col("self_flipped", digits=2),
+                             f"{m0} / {col('changed_fraction', digits=2)}", col("task_accuracy", digits=2),
+                             f"{coupled_runs(runs)}/{len(runs)}", verdict(runs)])
+    return markdown_table(["task", "shift size", column_name, "seeds", "step", "agreement", "flipped", "Self - Orig",
+                           "Self@flipped", "follows C (M0 / now)", "task accuracy", "runs coupled", "verdict"], rows)
 
 
 def headline_runs(table):
@@ -150,51 +152,53 @@ def headline_runs(table):
 
 
 def headline_table(headline):
-    rows = ["| task | seeds | Self | Orig | Self - Orig | flipped | Self@flipped | coupled runs | malformed |",
-            "|---" * 9 + "|"]
+    rows = []
     for task, runs in headline.items():
-        if not runs:
-            continue
-        col = lambda key, **kw: _fmt([r["final"][key] for r in runs], **kw)
-        rows.append(f"| {task} | {len(runs)} | {col('self')} | {col('orig')} | **{col('gap', signed=True)}** | "
-                    f"{col('n_flipped', digits=0)} | {col('self_flipped', digits=2)} | {coupled_runs(runs)}/{len(runs)} | "
-                    f"{col('malformed', digits=3)} |")
-    return "\n".join(rows)
+        if runs:
+            col = lambda key, **kw: _fmt([r["final"][key] for r in runs], **kw)
+            rows.append([task, len(runs), col("self"), col("orig"), f"**{col('gap', signed=True)}**",
+                         col("n_flipped", digits=0), col("self_flipped", digits=2), f"{coupled_runs(runs)}/{len(runs)}",
+                         col("malformed", digits=3)])
+    return markdown_table(["task", "seeds", "Self", "Orig", "Self - Orig", "flipped", "Self@flipped", "coupled runs",
+                           "malformed"], rows)
 
 
 def probe_table(headline):
     """Each probe's accuracy against the current behaviour, mean ± 95% interval over the headline runs."""
     tasks = [task for task, runs in headline.items() if runs]
     names = list(dict.fromkeys(name for task in tasks for r in headline[task] for name in r["probes"]))
-    rows = ["| probe | " + " | ".join(f"{t}: accuracy (n) | {t}: malformed" for t in tasks) + " |",
-            "|---" * (1 + 2 * len(tasks)) + "|"]
+    rows = []
     for name in names:
-        row = f"| {name} |"
+        row = [name]
         for task in tasks:
             probes = [r["probes"][name] for r in headline[task] if name in r["probes"]]  # older results lack new probes
             n = mean_ci([p["n"] for p in probes])[0]
-            row += f" {_fmt([p['accuracy'] for p in probes], digits=2)} ({_fmt([n], digits=0)}) | " \
-                   f"{_fmt([p['malformed'] for p in probes], digits=2)} |"
+            row += [f"{_fmt([p['accuracy'] for p in probes], digits=2)} ({_fmt([n], digits=0)})",
+                    _fmt([p["malformed"] for p in probes], digits=2)]
         rows.append(row)
     follows = " | ".join(f"{t}: {_fmt([r['probes']['leading: wrong explanation suggested']['follows_suggestion'] for r in headline[t]], digits=2)}"
                          for t in tasks)
-    return "\n".join(rows) + f"\n\nLeading probe, fraction of explanations that repeat the wrong suggestion: {follows}."
+    header = ["probe"] + [f"{t}: {kind}" for t in tasks for kind in ("accuracy (n)", "malformed")]
+    return markdown_table(header, rows) + \
+        f"\n\nLeading probe, fraction of explanations that repeat the wrong suggestion: {follows}."
 
 
-def write_stress_report(results, path="STRESS.md"):
-    table = cells([r for r in results if r["config"]["explain"]["kl_weight"] > 0])
+def write_stress_report(results, path, figures_dir, command):
+    table = cells([r for r in results if is_kl(r["config"])])
     schedule_key = lambda task, size, schedule: (task, size, schedule, 0.0)
     noise_key = lambda task, size, noise: (task, size, "sharp", noise)
-    figures = {name: os.path.join(FIGURES, f"stress_{name}.png") for name in ("schedule", "noise", "oscillating")}
+    figures = {name: os.path.join(figures_dir, f"stress_{name}.png") for name in ("schedule", "noise", "oscillating")}
     plot_phase_diagram(table, SCHEDULES, "shift schedule", schedule_key, figures["schedule"])
     plot_phase_diagram(table, NOISES, "label noise", noise_key, figures["noise"])
-    plot_runs({f"{task}, oscillating, size {size:g}": table[schedule_key(task, size, "oscillating")]
-               for task in GRID_TASKS for size in SIZES[-1:]}, figures["oscillating"])
+    oscillating = {f"{task}, oscillating, size {size:g}": table[schedule_key(task, size, "oscillating")]
+                   for task in GRID_TASKS for size in SIZES[-1:] if schedule_key(task, size, "oscillating") in table}
+    if oscillating:
+        plot_runs(oscillating, figures["oscillating"])
     headline = headline_runs(table)
     rel = {k: os.path.relpath(v, os.path.dirname(os.path.abspath(path))) for k, v in figures.items()}
     text = f"""# Stress tests
 
-Generated by `python stress.py report` from the {len(results)} result files under `{RESULTS}/{EXPERIMENT}/`.
+Generated by `{command}` from {len(results)} result files.
 Final evaluation of each run (for an oscillating shift, the evaluation just before it shifts back); ±
 is the 95% t-interval over seeds. Cell verdicts: **collapsed** when the task accuracy on held-out pairs,
 against the teacher of the world the shift aims at, is below 0.8; otherwise **coupled** when the mean
@@ -245,31 +249,48 @@ Sharp schedule; a fraction of the training labels flipped (verdict flipped, answ
 
 ![oscillating]({rel['oscillating']})
 """
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    print(f"wrote {path} and figures under {FIGURES}/")
+    write_text(text, path)
+    print(f"wrote {path} and figures under {figures_dir}/")
+
+
+def publish():
+    """Maintainers only: copy your stress results into the reference (each replacing a reference result of
+    the same run), then rebuild STRESS.md and its figures from the reference."""
+    reference = os.path.join(store(reference=True), EXPERIMENT)
+    for result in load_results(os.path.join(store(), EXPERIMENT)):
+        cfg = config_from_dict(result["config"])
+        folder = os.path.join(reference, cfg.task)
+        for old in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            if old.endswith(".json") and saved_result(cfg, os.path.join(folder, old)):
+                os.remove(os.path.join(folder, old))
+        write_json(result, result_path(EXPERIMENT, cfg, store(reference=True)))
+    write_stress_report(load_results(reference), os.path.join(REPO, "STRESS.md"), os.path.join(REPO, "figures"),
+                        "make publish")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Stress tests: phase diagrams, probes, the two-hop task.")
-    parser.add_argument("command", nargs="?", default="run", choices=("run", "report"))
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    parser.add_argument("--jobs", type=int, default=0, help=JOBS_HELP)
+    parser.add_argument("command", nargs="?", default="run", choices=("run", "report", "publish"),
+                        help="run: compute what is missing in your store, then report; report: your report "
+                             "again; publish (maintainers): your results into the reference")
+    parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
+    parser.add_argument("--jobs", type=int, default=0, help="runs in parallel (default: one per CPU core; on "
+                        "CUDA up to 4)")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "run":
-            headline, grid = stress_configs(args.device)
-            results = sum(run_suites([(EXPERIMENT, headline, True, True), (EXPERIMENT, grid, True, False)],
-                                     jobs(args)), [])
-        else:
-            results = load_results(EXPERIMENT)
-            if not results:
-                raise FileNotFoundError(f"no results under {RESULTS}/{EXPERIMENT}; run `make stress`")
-        write_stress_report(results)
-    except (ValueError, FileNotFoundError) as err:
+    try:  # user errors are one line; anything else is a bug and shows its traceback
+        jobs = args.jobs or default_jobs(args.device)
+        headline, grid = stress_configs(args.device)
+        folder = os.path.join(store(), EXPERIMENT)
+        if args.command == "report" and not os.path.isdir(folder):
+            raise ValueError(f"no stress results of yours under {folder}; run `make stress` first")
+    except ValueError as err:
         parser.exit(2, f"error: {err}\n")
+    if args.command == "publish":
+        return publish()
+    if args.command == "run":
+        run_suites([(EXPERIMENT, headline, True), (EXPERIMENT, grid, False)], jobs)
+    write_stress_report(load_results(folder), os.path.join(train.RUNS_DIR, "STRESS.md"),
+                        os.path.join(train.RUNS_DIR, "figures"), f"python stress.py {args.command}")
 
 
 if __name__ == "__main__":

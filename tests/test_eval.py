@@ -1,9 +1,11 @@
 import json
+import os
 
 import numpy as np
 import pytest
 
 import eval as ev
+import train
 from explain import Labels
 from train import ExplainConfig, PretrainConfig
 
@@ -27,14 +29,9 @@ def test_an_explainer_that_copies_its_current_behaviour_scores_self_one():
     assert m["self"] == 1.0 and m["orig"] == pytest.approx(0.4) and m["gap"] == pytest.approx(0.6)
     assert m["n_flipped"] == 3 and m["self_flipped"] == 1.0 and m["orig_flipped"] == 0.0
     assert m["n_became_changed"] == 1 and m["n_became_unchanged"] == 1
-    assert m["has_changed_f1"] == 1.0 and m["content_match"] == 1.0 and m["agreement"] == pytest.approx(0.4)
+    assert m["verdict_self"] == 1.0 and m["verdict_orig"] == pytest.approx(0.6) and m["agreement"] == pytest.approx(0.4)
     stale = ev.coupling_metrics(original, current, original)  # explanations stuck on the frozen labels
     assert stale["gap"] == pytest.approx(-0.6) and stale["self_flipped"] == 0.0
-
-
-def test_has_changed_f1_by_hand():
-    # 2 true positives, 1 false positive, 1 false negative: F1 = 4 / (4 + 1 + 1)
-    assert ev.f1(np.array([1, 1, 1, 0, 0]), np.array([1, 1, 0, 1, 0])) == pytest.approx(4 / 6)
 
 
 def test_mean_ci_uses_students_t():
@@ -43,17 +40,27 @@ def test_mean_ci_uses_students_t():
     assert np.isnan(ev.mean_ci([0.5])[1])
 
 
-def tiny_config(seed=1, **kw):
-    return ev.RunConfig(task="refusal", seed=seed, n_explain=40, n_eval=60, n_kl_prompts=64,
+@pytest.mark.parametrize("gaps, self_flipped, met", [((0.10, 0.12, 0.11), 0.8, True),
+                                                     ((0.10, 0.12, 0.11), 0.4, False),  # flipped items not followed
+                                                     ((0.2, -0.2, 0.1), 0.8, False),    # interval reaches below zero
+                                                     ((0.2,), 0.9, False)])             # one seed: no interval
+def test_the_bar_needs_an_interval_above_zero_and_flipped_items_followed(gaps, self_flipped, met):
+    assert ev.meets_bar([{"gap": g, "self_flipped": self_flipped} for g in gaps]) is met
+
+
+def tiny_config(seed=1, task="refusal", **kw):
+    return ev.RunConfig(task=task, seed=seed, n_explain=40, n_eval=60, n_kl_prompts=64,
                         pretrain=PretrainConfig(steps=60, batch_size=32, n_embd=16, n_head=2, warmup=5,
                                                 checkpoint_every=20),
                         explain=ExplainConfig(steps=6, explain_batch=8, shift_batch=8, kl_batch=8, eval_every=3),
                         **kw)
 
 
-def tiny_run(tmp_path, **kw):
+def tiny_run(tmp_path, analyse=False, **kw):
     path = tmp_path / "result.json"
     ev.run_coupling(tiny_config(**kw), str(path), runs_dir=str(tmp_path / "runs"), log=lambda *a: None)
+    if analyse:
+        ev.analyse_run(str(path), runs_dir=str(tmp_path / "runs"))
     return json.loads(path.read_text())
 
 
@@ -65,9 +72,10 @@ def test_a_short_end_to_end_run_writes_a_valid_results_file(tmp_path):
     assert [p["step"] for p in result["curve"]] == [0, 3, 6]
     assert result["baseline"] == result["curve"][0] and result["final"] == result["curve"][-1]
     for point in result["curve"]:
-        assert 0 <= point["self"] <= 1 and 0 <= point["orig"] <= 1
-        assert point["gap"] == pytest.approx(point["self"] - point["orig"])
-        assert point["n_items"] == 60
+        assert 0 <= point["self"] <= 1 and 0 <= point["orig"] <= 1 and point["n_items"] == 60
+    assert all(loss > 0 for loss in (result["final"]["explain_loss"], result["final"]["shift_loss"],
+                                     result["final"]["kl_loss"]))  # stage B's three losses are logged
+    assert (tmp_path / "result.pt").exists()  # the final explainer, beside its result
     assert result["curve"][0]["n_flipped"] == 0  # at step 0 the model is M0: nothing has flipped
     assert result["data"]["n_shift_cases"] > 0
 
@@ -92,6 +100,12 @@ def test_command_line_flags_reach_every_part_of_the_config():
     assert cfg.explain.weight_decay == 0.2
 
 
+def test_every_flag_of_a_run_has_help_text():
+    run = next(a for a in ev.build_parser()._actions if a.dest == "command").choices["run"]
+    flags = [a for a in run._actions if a.option_strings and a.dest != "help"]
+    assert len(flags) > 40 and all(a.help and len(a.help) > 10 for a in flags)
+
+
 def test_a_bad_flag_value_exits_with_one_line(capsys):
     with pytest.raises(SystemExit):
         ev.main(["run", "--task", "hint", "--shift", "sideways"])
@@ -99,9 +113,19 @@ def test_a_bad_flag_value_exits_with_one_line(capsys):
     assert err == ["error: shift='sideways' is unknown for task hint; allowed: trigger, reduce, acquire, both"]
 
 
+def test_label_noise_flips_the_verdict_of_exactly_the_asked_labels(tmp_path):
+    from train import m0_path, pretrain
+    cfg = tiny_config()
+    task = ev.get_task(cfg.task)
+    split = task.split(cfg.seed, cfg.n_explain, cfg.n_eval)
+    m0, _ = pretrain(cfg.pretrain, m0_path(cfg.pretrain, str(tmp_path)), log=lambda *a: None)
+    clean, _, _ = ev.frozen_labels(cfg, task, split, m0, str(tmp_path))
+    noisy, _, counts = ev.frozen_labels(ev.replace(cfg, label_noise=0.25), task, split, m0, str(tmp_path))
+    assert counts["label_noise_flipped"] == 10 == int((clean.changed != noisy.changed).sum())
+
+
 def test_label_noise_changes_only_the_labels(tmp_path):
     clean, noisy = tiny_run(tmp_path), tiny_run(tmp_path, label_noise=0.25)
-    assert noisy["data"]["label_noise_flipped"] == 10
     for key in ("n_shifted_units", "n_shift_cases", "n_kl_prompts", "n_eval_items"):
         assert clean["data"][key] == noisy["data"][key]
     assert clean["baseline"]["n_flipped"] == noisy["baseline"]["n_flipped"] == 0
@@ -122,79 +146,6 @@ def test_the_same_seed_gives_identical_metrics_in_two_fresh_processes(tmp_path):
     assert curves[0] == curves[1]
 
 
-def test_an_unwritable_results_folder_is_refused_before_any_work(tmp_path):
-    blocker = tmp_path / "a_file"
-    blocker.write_text("")
-    with pytest.raises(ValueError, match="a_file/out is not writable"):
-        ev.run_coupling(tiny_config(), str(blocker / "out" / "r.json"), runs_dir=str(tmp_path / "runs"))
-    assert not list((tmp_path / "runs").rglob("*.pt"))  # refused before M0 was trained
-
-
-SUITE = ("import sys; sys.path[:0] = [{repo!r}, {tests!r}]; import eval as ev, test_eval; "
-         "ev.run_suite('crash', [test_eval.tiny_config(seed) for seed in (1, 2, 3)])")
-
-
-def test_a_killed_suite_resumes_to_the_same_results_without_redoing_finished_runs(tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-    here = os.path.dirname(os.path.abspath(__file__))
-    code = SUITE.format(repo=os.path.dirname(here), tests=here)
-
-    def results(folder):
-        found = {}
-        for path in sorted((folder / "results" / "crash").rglob("*.json")):
-            curve = json.loads(path.read_text())["curve"]
-            found[path.name] = [{k: v for k, v in p.items() if k != "seconds"} for p in curve]
-        return found
-
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    for folder in (whole, killed):
-        folder.mkdir()
-    subprocess.run([sys.executable, "-c", code], cwd=whole, check=True, capture_output=True)
-    process = subprocess.Popen([sys.executable, "-c", code], cwd=killed, stdout=subprocess.DEVNULL)
-    first = killed / "results" / "crash" / "refusal" / "seed1_kl.json"
-    while not first.exists():  # kill it in the middle of the second run's pretraining
-        time.sleep(0.05)
-    while not list((killed / "runs" / "refusal" / "seed2").glob("*.pt")):
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    finished = first.stat().st_mtime_ns
-    subprocess.run([sys.executable, "-c", code], cwd=killed, check=True, capture_output=True)
-    assert first.stat().st_mtime_ns == finished  # the finished run was loaded, not run again
-    assert results(killed) == results(whole) and len(results(whole)) == 3
-
-
-def test_parallel_runs_give_the_same_results_as_one_at_a_time(tmp_path, monkeypatch):
-    # the last run needs the first one's M0: in parallel it waits until that model is pretrained
-    configs = [tiny_config(seed) for seed in (1, 2, 3)] + [tiny_config(1, label_noise=0.25)]
-    curves = []
-    for jobs in (1, 2):
-        (tmp_path / str(jobs)).mkdir()
-        monkeypatch.chdir(tmp_path / str(jobs))  # results/ and runs/ of their own
-        results = ev.run_suite("parallel", configs, tagged=True, jobs=jobs)
-        assert [r["config"]["seed"] for r in results] == [1, 2, 3, 1]  # in the order asked
-        assert results[3]["config"]["label_noise"] == 0.25
-        curves.append(ev._nan_to_none([[{k: v for k, v in p.items() if k != "seconds"} for p in r["curve"]]
-                                       for r in results]))
-    assert curves[0] == curves[1]
-
-
-def test_a_config_asked_for_by_two_suites_runs_once(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    calls = []
-    run = ev.run_coupling
-    monkeypatch.setattr(ev, "run_coupling", lambda cfg, *a, **kw: calls.append(cfg) or run(cfg, *a, **kw))
-    first, second = ev.run_suites([("one", [tiny_config()], False, True), ("two", [tiny_config()], True, False)])
-    assert len(calls) == 1 and first == second
-    assert {p.parent.parent.name for p in (tmp_path / "results").rglob("*.json")} == {"one", "two"}
-    ev.run_suites([("one", [tiny_config()], False, True)])
-    assert len(calls) == 1  # loaded, not run again
-
-
 def test_the_trigger_shift_asks_about_a_word_no_label_mentions(tmp_path):
     result = tiny_run(tmp_path, shift="trigger")
     assert result["config"]["shift"] == "trigger" and result["data"]["n_shift_cases"] > 0
@@ -202,31 +153,6 @@ def test_the_trigger_shift_asks_about_a_word_no_label_mentions(tmp_path):
     assert result["curve"][0]["n_flipped"] == 0
     # M0 has never seen the word: removing it changes M0's answer on few held-out items, if any
     assert result["curve"][0]["changed_fraction"] < 0.5
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["sweep", "nosuch"], "error: sweep 'nosuch' is unknown; allowed: other_model, label_noise, learning_rate, agreement, "
-                          "trigger, capacity, shift_location"),
-    (["sweep", "label_noise", "--seeds", "0,x"], "error: --seeds='0,x' must be a comma-separated list of integers "
-                                                 "or ranges like 0-9"),
-    (["reproduce", "--seeds", "3-x"], "error: --seeds='3-x' must be a comma-separated list of integers or ranges "
-                                      "like 0-9"),
-    (["reproduce", "--seeds", "5-3"], "error: --seeds is empty; give at least one value"),
-    (["sweep", "label_noise", "--tasks", "maths"], "error: task 'maths' is unknown; allowed: hint, judgement, refusal, twohop"),
-    (["sweep", "label_noise", "--jobs", "-2"], "error: jobs=-2 must be a positive integer"),
-    (["report", "--experiment", "nosuch"], "error: no results under results/nosuch; run `make reproduce`")])
-def test_unknown_experiments_and_bad_suite_flags_exit_with_one_line(argv, message, capsys, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # no results here, and nothing may be written
-    with pytest.raises(SystemExit):
-        ev.main(argv)
-    assert capsys.readouterr().err.strip().splitlines() == [message]
-    assert not list(tmp_path.rglob("*.json"))
-
-
-def test_seed_lists_take_ranges():
-    assert ev.parse_list("0-2,5", "seeds", int) == [0, 1, 2, 5]
-    assert ev.parse_list("7", "seeds", int) == [7]
-    assert ev.parse_list("hint,refusal", "tasks", str) == ["hint", "refusal"]
 
 
 def phases_of(**kw):
@@ -262,9 +188,9 @@ def test_bad_schedules_are_refused(kw, message):
 
 
 def test_labels_from_another_model_family(tmp_path):
-    result = tiny_run(tmp_path, other_labels=1.0)
+    result = tiny_run(tmp_path, other_labels=1.0, analyse=True)
     assert result["data"]["other_labels_taken"] == 40
-    assert (tmp_path / "runs" / "refusal" / "seed1" / "other_m0.pt").exists()
+    assert os.path.exists(train.m0_path(ev.other_family(tiny_config()), str(tmp_path / "runs")))
     final = result["final"]
     assert final["gap_other"] == pytest.approx(final["self"] - final["orig_other"])
     assert 0 <= final["family_agreement"] <= 1
@@ -276,48 +202,3 @@ def test_labels_from_another_model_family(tmp_path):
     assert forced["malformed"] == 0 and result["probes"]["verdict kept: verdict forced"]["n"] == 60 - forced["n"]
 
 
-def test_the_report_tables_every_seed_and_says_where_it_ran(tmp_path, monkeypatch):
-    results = [tiny_run(tmp_path / f"seed{seed}", seed=seed) for seed in (1, 2)]
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "results" / "tiny").mkdir(parents=True)
-    (tmp_path / "results" / "tiny" / "ABOUT.md").write_text("Runs made on a toaster.\n")
-    ev.write_report("tiny", "REPORT.md", results)
-    text = (tmp_path / "REPORT.md").read_text()
-    assert text.startswith("# Introspective coupling: results\n\nRuns made on a toaster.\n\nGenerated by")
-    gap, half = ev.mean_ci([r["final"]["gap"] for r in results])
-    assert f"| refusal | yes | 2 |" in text and f"**{gap:+.3f} ± {half:.3f}**" in text
-    assert f"Computed on: {ev.machine(results[0]['provenance'])}." in text
-    assert ev.machine({"git_commit": "old"}) == "a machine not recorded"
-    assert "## Shared circuits" in text
-    figures = {p.name for p in (tmp_path / "figures").iterdir()}
-    assert figures >= {"tiny_curves.png", "tiny_gap.png", "tiny_flipped_runs.png"}
-    assert "coupled at an earlier evaluation" in text or "Every run with KL is coupled at the end." in text
-
-
-def test_the_main_report_takes_other_saved_seeds_only_if_made_with_the_current_settings(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert ev.saved_main_runs([0]) == []  # no results folder at all
-    same, changed = ev.main_configs(tasks=("hint",), seeds=(7,))[0], ev.main_configs(tasks=("hint",), seeds=(8,))[0]
-    changed = ev.replace(changed, explain=ev.replace(changed.explain, lr=1e-3))
-    for cfg in (same, changed):
-        ev.write_json({"config": ev.asdict(cfg), "final": {}}, ev.result_path("main", cfg))
-    assert [r["config"]["seed"] for r in ev.saved_main_runs([0, 1, 2])] == [7]
-    assert ev.saved_main_runs([7]) == []
-
-
-def test_saved_results_load_in_seed_order_not_file_name_order(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    for cfg in ev.main_configs(tasks=("hint",), seeds=(10, 2)):
-        ev.write_json({"config": ev.asdict(cfg), "final": {}}, ev.result_path("main", cfg))
-    assert [r["config"]["seed"] for r in ev.load_results("main")] == [2, 2, 10, 10]  # "seed10" sorts before "seed2"
-
-
-def test_a_failed_run_that_was_coupled_earlier_is_told_apart_from_one_that_never_was():
-    point = lambda gap, self_flipped: {"gap": gap, "self_flipped": self_flipped}
-    run = lambda seed, *curve: {"config": {"seed": seed}, "curve": list(curve), "final": curve[-1]}
-    runs = [run(0, point(0.1, 0.9), point(0.2, 0.8)),          # coupled throughout
-            run(1, point(0.1, 0.7), point(-0.1, 0.2)),         # coupled, then lost it
-            run(2, point(0.0, 0.0), point(0.1, 0.4)),          # never coupled: Self@flipped stays below 0.5
-            run(3, point(0.05, None), point(-0.2, 0.1))]       # no flipped items at first: not coupled then
-    assert [ev.is_coupled(r["final"]) for r in runs] == [True, False, False, False]
-    assert ev.lost_coupling(runs) == ([1, 2, 3], [1])

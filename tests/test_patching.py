@@ -7,7 +7,7 @@ import torch
 
 from data import encode, get_task, token_id
 from explain import QUERY, behaviour, explanation_query
-from patching import _effects, component_names, effect, mean_profiles, patched_metrics, patching_effects, plot_patching
+from patching import _effects, component_names, effect, mean_profiles, patched_metrics, patching_effects
 from train import PretrainConfig, new_model, pretrain
 
 TASK = get_task("hint")
@@ -143,19 +143,6 @@ def test_patching_effects_on_a_briefly_trained_model(tmp_path_factory):
     # patching L0's attention output is patching its whole residual stream.
     assert result["behaviour"][0] == pytest.approx(result["behaviour"][2], abs=1e-6)
     assert json.dumps(result) == json.dumps(patching_effects(trained, TASK, items, max_items=20))  # deterministic
-
-
-def test_plot_patching_draws_one_panel_per_task(tmp_path):
-    names = ["L0 attn", "L0 mlp", "L0 resid"]
-    results = [{"config": {"task": task, "seed": seed},
-                "patching": {"n_items": 3, "components": names, "behaviour": [0.1, None, 1.0],
-                             "explanation": [0.2, 0.5, 1.0]}}
-               for task in ("hint", "refusal") for seed in (0, 1)]
-    path = tmp_path / "figures" / "patching.png"
-    plot_patching(results, str(path))
-    assert path.stat().st_size > 0
-    with pytest.raises(ValueError, match="no result holds patching"):
-        plot_patching([{"config": {"task": "hint", "seed": 0}}], str(path))
 
 
 def test_a_run_without_items_is_left_out_of_the_mean_profile():

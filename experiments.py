@@ -1,0 +1,463 @@
+"""Experiments: where results live, the suites and sweeps, the scheduler that runs them, the command line.
+
+Two stores. The published reference (results/, figures/, REPORT.md, STRESS.md) is tracked and only
+read by a user's command. Yours is runs/ (ignored): checkpoints, results with each final explainer
+beside its result, figures and reports. `quick` and `reproduce` compute in yours whatever is not there
+yet, then put your numbers beside the reference's. `publish`, for maintainers, is the one command that
+writes the reference.
+
+    python experiments.py quick                   hint, seed 0, with and without KL (about a minute)
+    python experiments.py reproduce               the main result: 3 tasks x seeds x (KL, no KL)
+    python experiments.py sweep NAME              one knob varied over several seeds (SWEEPS)
+    python experiments.py reproduce-all           the main result, then every sweep
+    python experiments.py report                  your report again, from your saved results
+    python experiments.py show --task hint        one saved run's explanations, item by item
+    python experiments.py publish                 maintainers: your results into the reference, reports rebuilt
+"""
+import argparse
+import concurrent.futures
+import glob
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+
+import train
+from data import TASKS, check_positive, get_task
+import numpy as np
+
+from eval import (REFERENCE, RunConfig, add_run_flags, analyse_run, config_from_args, config_from_dict, identity,
+                  is_kl, pretrained_models, read_result, run_coupling, saved_run, write_json)
+from explain import behaviour, explain, explanation_query, explanation_text, labels_from_behaviour
+from model import pick_device
+from report import comparison, group, main_table, write_report, write_text
+from train import REPO, ExplainConfig, PretrainConfig, load_checkpoint, pretrain
+
+MAIN_TASKS = ("hint", "judgement", "refusal")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The stores
+
+def store(reference=False):
+    """The results folder: the published reference's, or yours (under runs/, found from the repository)."""
+    return REFERENCE if reference else os.path.join(train.RUNS_DIR, "results")
+
+
+def result_path(experiment, cfg: RunConfig, root=None):
+    return os.path.join(root or store(), experiment, cfg.task, f"{cfg.name}.json")
+
+
+def load_results(folder):
+    """Every result file under a folder, sorted by task and seed (seed 2 before seed 10)."""
+    results = []
+    for root, _, files in sorted(os.walk(folder)):
+        results += [read_result(os.path.join(root, name)) for name in sorted(files) if name.endswith(".json")]
+    return sorted(results, key=lambda r: (r["config"]["task"], r["config"]["seed"]))
+
+
+def saved_result(cfg, path):
+    """The result at path if it is whole and was made with this very run's science settings, else None."""
+    try:
+        result = read_result(path)
+    except ValueError:
+        return None
+    return result if identity(result["config"]) == identity(cfg) else None
+
+
+def current_main_runs(results):
+    """The results that are runs of the main suite as it is configured now (other settings left out)."""
+    return [r for r in results if any(identity(m) == identity(r["config"])
+                                      for m in main_configs((r["config"]["task"],), (r["config"]["seed"],)))]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Suites: the main result and the sweeps
+
+def main_configs(tasks=MAIN_TASKS, seeds=(0, 1, 2), device="auto"):
+    """Per seed and task, one run with the KL term and the same run without it (the control)."""
+    configs = []
+    for seed in seeds:  # seed-major, so an interrupted suite already covers every task
+        for task in tasks:
+            for kl_weight in (ExplainConfig.kl_weight, 0.0):
+                configs.append(RunConfig(task=task, seed=seed, pretrain=PretrainConfig(device=device),
+                                         explain=ExplainConfig(kl_weight=kl_weight)))
+    return configs
+
+
+def default_seeds(device):
+    """Three seeds on a CPU; ten on a GPU, where a run is bound by kernel launches and ten cost about
+    what three cost on a CPU."""
+    return (0, 1, 2) if pick_device(device).type == "cpu" else tuple(range(10))
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One knob varied over values, everything else as in the main result's KL runs."""
+    knob: str  # a RunConfig field, or explain.FIELD for the explanation stage's
+    values: tuple
+    label: str
+    question: str
+    paper: str
+    tasks: tuple = ("hint",)  # the default; --tasks runs others
+    extra: tuple = ()  # metrics of this sweep's own shown in its table
+
+
+SWEEPS = {
+    "other_model": Sweep("other_labels", (0.0, 0.25, 0.5, 0.75, 1.0), "fraction of labels from another model",
+                         "Labels from another model family: a 3-layer, 96-wide model with another seed, trained "
+                         "on the same task in a world where a fifth of the units' facts differ, labels a fraction "
+                         "of the explanation items. Orig-other scores the explanations against that model's "
+                         "behaviour.",
+                         "with 100% other-model labels still Self > Orig, and overall explanation accuracy "
+                         "drops by about 19%", extra=("orig_other", "gap_other", "family_agreement")),
+    "label_noise": Sweep("label_noise", (0.0, 0.1, 0.2, 0.3, 0.4), "fraction of training labels flipped",
+                         "Does coupling survive wrong training labels?",
+                         "robust: Self > Orig at every noise level tried"),
+    "learning_rate": Sweep("explain.lr", (1e-3, 2e-3, 3e-3, 5e-3), "explanation-stage peak learning rate",
+                           "How does the gap depend on the explanation stage's learning rate?",
+                           "a higher learning rate gives a wider gap"),
+    "agreement": Sweep("shift_size", (0.1, 0.2, 0.3, 0.45, 0.6), "fraction of held-out deeds flipped",
+                       "How far can the behaviour move from the frozen labels before coupling stops? Judgement, "
+                       "whose shift can reach every held-out deed (hint's and refusal's reach at most 35-40% "
+                       "of held-out units).",
+                       "coupling holds down to about 70% label-behaviour agreement", ("judgement",)),
+    "trigger": Sweep("shift", ("trigger",), "concurrent shift",
+                     "A new behaviour taught only by behaviour fine-tuning during explanation training: the "
+                     "nonsense word \"blorp\" makes the answer the task's last one, on held-out units. No "
+                     "explanation label mentions it; asked \"if the blorp were removed ?\", do the "
+                     "explanations describe it (Self) or M0, which ignores the word (Orig)?",
+                     "explanations of the new behaviour were 79.8% accurate against an untrained baseline"),
+    "capacity": Sweep("explain.lora_rank", (1, 2, 4, 16, 0), "LoRA rank of the explanation stage (0: full)",
+                      "Does coupling need the capacity of full fine-tuning? Ranks 1-16: M0's transformer "
+                      "weights frozen, only the adapters and the token embedding train.",
+                      "coupling appears only above a rank threshold"),
+    "shift_location": Sweep("explain.shift_in", ("all", "units", "layers"), "where the shift may be written",
+                            "Which weights must the concurrent shift change for the explanations to follow "
+                            "it? all: every weight (the main result); units: the shift's gradient reaches "
+                            "only the embeddings of the unit words (entities, deeds, objects); layers: those "
+                            "embeddings stay at M0's values, so the shift can live only in the layers.",
+                            "activation patching: behaviour and explanation share circuits",
+                            MAIN_TASKS, extra=("shift_learned",)),
+}
+
+
+def sweep_configs(name, tasks=None, seeds=(0, 1, 2), device="auto"):
+    sweep = SWEEPS[name]
+    section, _, knob = sweep.knob.rpartition(".")
+    configs = []
+    for seed in seeds:
+        for task in tasks or sweep.tasks:
+            for value in sweep.values:
+                explain = ExplainConfig(**{knob: value} if section == "explain" else {})
+                configs.append(RunConfig(task=task, seed=seed, pretrain=PretrainConfig(device=device),
+                                         explain=explain, **({} if section else {knob: value})))
+    return configs
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The scheduler
+
+def default_jobs(device):
+    """Parallel runs: one per CPU core on CPU (each run uses one thread). On CUDA up to 4 runs share the
+    GPU: each is small and bound by kernel launches, not by the GPU's arithmetic. One on MPS."""
+    kind = pick_device(device).type
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return {"cpu": cores, "cuda": min(cores, 4)}.get(kind, 1)
+
+
+def is_pretrained(path):
+    """A finished checkpoint (not a partial one, which pretraining resumes) is on disk."""
+    return os.path.exists(path) and "report" in load_checkpoint(path)
+
+
+def pretrain_quietly(cfg, path):
+    pretrain(cfg, path, log=lambda *a: None)
+
+
+def run_once(cfg, paths, analyse, runs_dir):
+    """One run, then (analyse) its probes and patching; the result is written to every path that asked
+    for this very run, its explainer beside the first. runs_dir is passed, not read: a worker process
+    has its own copy of train.RUNS_DIR."""
+    result = run_coupling(cfg, paths[0], runs_dir, log=lambda *a: None)
+    if analyse and cfg.explain.kl_weight > 0:  # the no-KL explainers collapse; no report uses theirs
+        result = analyse_run(paths[0], runs_dir)
+    for path in paths[1:]:
+        write_json(result, path)
+    return result
+
+
+def run_suites(suites, jobs=1):
+    """Run (or load) the configs of several suites in your store, `jobs` at a time, under one progress
+    bar; returns each suite's results in the order of its configs. suites: [(experiment, configs,
+    analyse)], analyse: probe and patch the final explainers with KL (the sweeps skip it).
+    A finished result of the same run is loaded, from its own path (so a killed suite resumes where it
+    stopped) or from the main suite's (a sweep's default value is one of its runs), and a run asked for
+    twice runs once. In parallel, the models that the runs need are pretrained first, each once, and a
+    run starts as soon as its models are ready. Each run is deterministic on its own, so the results do
+    not depend on jobs or on the order."""
+    from tqdm import tqdm
+    check_positive("jobs", jobs)
+    check_writable(store())
+    t0, results, todo = time.time(), {}, {}
+    asked = [[(cfg, result_path(experiment, cfg)) for cfg in configs] for experiment, configs, _ in suites]
+    names = list(dict.fromkeys(experiment for experiment, *_ in suites))
+    bar = tqdm(total=sum(map(len, asked)), desc=names[0] if len(names) == 1 else f"{len(names)} experiments",
+               unit="run", file=sys.stdout)
+    for runs, (experiment, _, analyse) in zip(asked, suites):
+        for cfg, path in runs:
+            saved = saved_result(cfg, path)
+            if saved is None and (saved := saved_result(cfg, result_path("main", cfg))) is not None:
+                write_json(saved, path)
+            if saved is not None and (not analyse or not is_kl(saved["config"]) or "probes" in saved):
+                results[path] = saved
+                bar.update()
+                continue
+            entry = todo.setdefault(str(identity(cfg)), {"cfg": cfg, "experiment": experiment, "paths": [],
+                                                         "analyse": False})
+            entry["paths"].append(path)
+            entry["analyse"] |= analyse
+
+    def finished(entry, result):
+        f, cfg = result["final"], entry["cfg"]
+        bar.write(f"  {entry['experiment']} {cfg.task} {cfg.name}: Self {f['self']:.3f} Orig {f['orig']:.3f} "
+                  f"gap {f['gap']:+.3f} flipped {f['n_flipped']} (Self@flipped {f['self_flipped'] or 0:.2f}) "
+                  f"({result['seconds']:.0f} s)")
+        results.update(dict.fromkeys(entry["paths"], result))
+        bar.update(len(entry["paths"]))
+
+    if jobs == 1:  # each run pretrains (or loads) its own models
+        for entry in todo.values():
+            finished(entry, run_once(entry["cfg"], entry["paths"], entry["analyse"], train.RUNS_DIR))
+    else:
+        needed = {}
+        for entry in todo.values():
+            needed.update(pretrained_models(entry["cfg"]))
+        spawn = multiprocessing.get_context("spawn")  # a clean process per worker, same on every OS
+        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=spawn) as pool:
+            training = {pool.submit(pretrain_quietly, cfg, path): path for path, cfg in needed.items()
+                        if not is_pretrained(path)}
+            waiting, running = list(todo.values()), {}
+            while waiting or running:
+                for entry in [e for e in waiting if not set(pretrained_models(e["cfg"])) & set(training.values())]:
+                    waiting.remove(entry)
+                    running[pool.submit(run_once, entry["cfg"], entry["paths"], entry["analyse"], train.RUNS_DIR)] = entry
+                done, _ = concurrent.futures.wait([*training, *running], return_when="FIRST_COMPLETED")
+                for future in done:
+                    if future in training:
+                        future.result()  # a failed pretraining stops the suite with its error
+                        del training[future]
+                    else:
+                        finished(running.pop(future), future.result())
+    bar.close()
+    print(f"{', '.join(names)}: {bar.n} runs in {time.time() - t0:.0f} s")
+    return [[results[path] for _, path in runs] for runs in asked]
+
+
+def check_writable(folder):
+    """Refuse a folder that cannot be written before any work is done, not after it."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"folder {folder} cannot be created ({err.strerror}); fix its permissions") from None
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"folder {folder} is not writable; fix its permissions")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reports: yours beside the reference, and the reference itself
+
+def reference_main():
+    return current_main_runs(load_results(os.path.join(store(reference=True), "main")))
+
+
+def saved_sweeps(root):
+    """[(name, Sweep, results)] for every sweep with results under root."""
+    found = [(name, SWEEPS[name], load_results(os.path.join(root, name))) for name in SWEEPS]
+    return [entry for entry in found if entry[2]]
+
+
+def report_yours(mine, command):
+    """Your report (runs/REPORT.md, figures in runs/figures) with your numbers beside the reference's,
+    which is also printed."""
+    tasks = {r["config"]["task"] for r in mine}
+    reference = [r for r in reference_main() if r["config"]["task"] in tasks]
+    compared = comparison(mine, reference) if mine else ""
+    path = os.path.join(train.RUNS_DIR, "REPORT.md")
+    write_report(mine, path, os.path.join(train.RUNS_DIR, "figures"), sweeps=saved_sweeps(store()),
+                 compared=compared, command=command)
+    if compared:
+        print(f"\nYour numbers beside the reference (results/main):\n\n{compared}")
+    shown = os.path.relpath(path) if path.startswith(os.getcwd()) else path
+    print(f"Your report: {shown}. One run's explanations, item by item: make show TASK=hint SEED=0")
+
+
+README_MARKERS = ("<!-- main table: written by make publish -->", "<!-- end of main table -->")
+
+
+def publish(experiments):
+    """Maintainers only: copy your results of the named experiments and your benchmarks into the reference
+    (each result replacing a reference result of the same run), then rebuild REPORT.md, the figures and the README's main table
+    from the reference. With nothing of yours to copy, it only rebuilds."""
+    for name in experiments:
+        mine = os.path.join(store(), name)
+        for result in load_results(mine):
+            cfg = config_from_dict(result["config"])
+            folder = os.path.join(store(reference=True), name, cfg.task)
+            for old in load_paths(folder):
+                if saved_result(cfg, old):
+                    os.remove(old)
+            write_json(result, result_path(name, cfg, store(reference=True)))
+    for bench in glob.glob(os.path.join(train.RUNS_DIR, "bench*.json")):
+        shutil.copy(bench, store(reference=True))
+    results = reference_main()
+    about = os.path.join(store(reference=True), "main", "ABOUT.md")
+    about = open(about).read().strip() + "\n\n" if os.path.exists(about) else ""
+    write_report(results, os.path.join(REPO, "REPORT.md"), os.path.join(REPO, "figures"),
+                 sweeps=saved_sweeps(store(reference=True)), about=about, command="make publish")
+    readme = os.path.join(REPO, "README.md")
+    text = open(readme).read()
+    start, end = (text.index(marker) for marker in README_MARKERS)
+    write_text(text[: start + len(README_MARKERS[0])] + "\n" + main_table(group(results))
+               + "\n" + text[end:], readme)
+    print("rebuilt REPORT.md, figures/ and the README's main table from results/")
+
+
+def load_paths(folder):
+    return sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".json")) \
+        if os.path.isdir(folder) else []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Looking at a saved run, item by item
+
+def find_result(cfg: RunConfig, runs_dir=None):
+    """The user's saved result of this very config (any experiment), or a one-line error."""
+    pattern = os.path.join(runs_dir or train.RUNS_DIR, "results", "*", cfg.task, f"{cfg.name}.json")
+    found = sorted(glob.glob(pattern))
+    if not found:
+        raise ValueError(f"no saved run of {cfg.task} {cfg.name} under {os.path.dirname(os.path.dirname(pattern))}; "
+                         f"run it first (python eval.py run, make quick or make reproduce, same flags)")
+    return found[0]
+
+
+def show(cfg: RunConfig, n=3, runs_dir=None, out=print):
+    """Print n flipped and n unflipped held-out items of a saved run: the prompt with and without C, M0's
+    and the final model's answers, the frozen label E(M0), the current label E(M_t), the explanation,
+    and whether it matches each."""
+    path = find_result(cfg, runs_dir)
+    _, _, _, probed, items, m0, model = saved_run(path, runs_dir)
+    (m0_with, m0_without), (now_with, now_without) = behaviour(m0, probed, items), behaviour(model, probed, items)
+    frozen, current = labels_from_behaviour(m0_with, m0_without), labels_from_behaviour(now_with, now_without)
+    explanations = explain(model, probed, items)
+    flipped = ~current.matches(frozen)
+    text = lambda labels, i: ("malformed" if labels.changed[i] < 0 else
+                              explanation_text(probed, labels.changed[i], labels.answer[i]).strip())
+    answer = lambda a: probed.answers[a]
+    out(f"{path}\n{int(flipped.sum())} of {len(items)} held-out items flipped (E(M0) != E(M_t)).")
+    for kind, rows in (("flipped", np.flatnonzero(flipped)[:n]), ("unflipped", np.flatnonzero(~flipped)[:n])):
+        for i in rows:
+            out(f"\n[{kind}] {explanation_query(probed, items[i])}\n"
+                f"  with C:    {probed.render(items[i])}   M0 {answer(m0_with[i])}, now {answer(now_with[i])}\n"
+                f"  without C: {probed.render(probed.without_feature(items[i]))}   M0 {answer(m0_without[i])}, "
+                f"now {answer(now_without[i])}\n"
+                f"  frozen label E(M0): {text(frozen, i)} | current label E(M_t): {text(current, i)}\n"
+                f"  explanation: {text(explanations, i)}  -> Self {'yes' if explanations.matches(current)[i] else 'no'}, "
+                f"Orig {'yes' if explanations.matches(frozen)[i] else 'no'}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line
+
+def parse_list(text, name, kind):
+    """"a,b,c" -> [a, b, c], with a one-line error naming the bad value; for integers "0-9" is a range."""
+    try:
+        values = []
+        for v in (v.strip() for v in text.split(",") if v.strip()):
+            low, dash, high = v.partition("-")
+            values += list(range(int(low), int(high) + 1)) if kind is int and dash and low else [kind(v)]
+    except ValueError:
+        allowed = "integers or ranges like 0-9" if kind is int else f"{kind.__name__} values"
+        raise ValueError(f"--{name}={text!r} must be a comma-separated list of {allowed}") from None
+    if not values:
+        raise ValueError(f"--{name}={text!r} names nothing; give at least one value (a range is low-high, low <= high)")
+    for task in values if name == "tasks" else ():
+        get_task(task)
+    return values
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description="Introspective coupling experiments: compute yours, compare "
+                                                 "with the reference.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    quick = sub.add_parser("quick", help="hint, seed 0, with and without KL, beside the reference")
+    reproduce = sub.add_parser("reproduce", help="the main result: 3 tasks x seeds x (KL, no KL), beside the "
+                               "reference")
+    reproduce.add_argument("--seeds", default="", help="comma-separated integers or ranges such as 0-9 (default: "
+                           "0-2 on a CPU, 0-9 on a GPU)")
+    sweep = sub.add_parser("sweep", help="one knob varied over several seeds: " + ", ".join(SWEEPS))
+    sweep.add_argument("name", choices=sorted(SWEEPS), help="the sweep")
+    sweep.add_argument("--tasks", default="", help=f"comma-separated, from: {', '.join(TASKS)} (default: the "
+                       "sweep's own: hint, judgement for agreement, all three for shift_location)")
+    sweep.add_argument("--seeds", default="0-2", help="comma-separated integers or ranges such as 0-9")
+    everything = sub.add_parser("reproduce-all", help="the main result (seeds 0-2), then every sweep")
+    for p in (quick, reproduce, sweep, everything):
+        p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
+        p.add_argument("--jobs", type=int, default=0, help="runs in parallel (default: one per CPU core; on "
+                       "CUDA up to 4)")
+    sub.add_parser("report", help="your report again, from your saved results, beside the reference")
+    look = sub.add_parser("show", help="a saved run's explanations on flipped and unflipped held-out items "
+                          "(the same flags as eval.py run pick the run)")
+    add_run_flags(look)
+    look.add_argument("--n", type=int, default=3, help="items of each kind to print")
+    publish_cmd = sub.add_parser("publish", help="maintainers: copy your results into the reference, rebuild "
+                                 "its reports")
+    publish_cmd.add_argument("--experiments", default="", help="comma-separated experiments to copy (main or a "
+                             "sweep); default: none, only rebuild")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:  # user errors are one line; anything else is a bug and shows its traceback
+        device = getattr(args, "device", "auto")
+        jobs = (args.jobs or default_jobs(device)) if hasattr(args, "jobs") else 1
+        check_positive("jobs", jobs)
+        if args.command == "show":
+            check_positive("n", args.n)
+            return show(config_from_args(args), args.n)
+        if args.command in ("quick", "reproduce"):
+            tasks = ("hint",) if args.command == "quick" else MAIN_TASKS
+            seeds = (0,) if args.command == "quick" else (parse_list(args.seeds, "seeds", int) if args.seeds
+                                                          else default_seeds(device))
+            suite = [("main", main_configs(tasks, seeds, device), True)]
+        elif args.command == "sweep":
+            tasks = parse_list(args.tasks, "tasks", str) if args.tasks else None
+            suite = [(args.name, sweep_configs(args.name, tasks, parse_list(args.seeds, "seeds", int), device), False)]
+        elif args.command == "reproduce-all":
+            suite = [("main", main_configs(device=device), True)] + \
+                    [(name, sweep_configs(name, device=device), False) for name in SWEEPS]
+        elif args.command == "publish":
+            names = parse_list(args.experiments, "experiments", str) if args.experiments else []
+            unknown = [n for n in names if n != "main" and n not in SWEEPS]
+            if unknown:
+                raise ValueError(f"--experiments: {', '.join(unknown)} unknown; allowed: main, {', '.join(SWEEPS)}")
+            return publish(names)
+        else:
+            suite = []
+            if not os.path.isdir(store()):
+                raise ValueError(f"no results of yours under {store()}; run `make quick` or `make reproduce` first")
+    except ValueError as err:
+        parser.exit(2, f"error: {err}\n")
+    results = run_suites(suite, jobs) if suite else []
+    # quick and reproduce report the runs they asked for; the others every current main run of yours
+    mine = results[0] if args.command in ("quick", "reproduce") else \
+        current_main_runs(load_results(os.path.join(store(), "main")))
+    report_yours(mine, "python experiments.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,279 @@
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+
+import eval as ev
+import experiments as ex
+import train
+from test_eval import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(REPO, "tests")
+
+
+@pytest.fixture
+def mine(tmp_path, monkeypatch):
+    """Your store in a temporary folder; the reference stays the repository's own."""
+    monkeypatch.setattr(train, "RUNS_DIR", str(tmp_path / "runs"))
+    return tmp_path / "runs"
+
+
+def tiny_main_configs(tasks=ex.MAIN_TASKS, seeds=(0, 1, 2), device="auto"):
+    """The main suite's shape (a KL and a no-KL run per task and seed) at a size that trains in seconds."""
+    configs = [tiny_config(seed, task) for seed in seeds for task in tasks]
+    return [replace(c, pretrain=replace(c.pretrain, device=device), explain=replace(c.explain, kl_weight=kl))
+            for c in configs for kl in (3.0, 0.0)]
+
+
+def wait_for(condition, timeout=120):
+    start = time.time()
+    while not condition():
+        if time.time() - start > timeout:
+            raise TimeoutError("the awaited file never appeared")
+        time.sleep(0.05)
+
+
+def test_the_main_suite_has_one_kl_and_one_control_run_per_task_and_seed_differing_only_in_kl():
+    configs = ex.main_configs(seeds=(0, 1))
+    assert len(configs) == 12
+    for seed in (0, 1):
+        for task in ex.MAIN_TASKS:
+            kl, control = [c for c in configs if (c.task, c.seed) == (task, seed)]
+            assert kl.explain.kl_weight == train.ExplainConfig.kl_weight > 0 and control.explain.kl_weight == 0
+            assert replace(control, explain=replace(control.explain, kl_weight=kl.explain.kl_weight)) == kl
+
+
+def test_a_runs_identity_and_name_ignore_runtime_settings_only():
+    default = tiny_config()
+    elsewhere = replace(default, pretrain=replace(default.pretrain, device="cpu", threads=2, checkpoint_every=7))
+    assert ev.identity(elsewhere) == ev.identity(default) and elsewhere.name == default.name
+    other = replace(default, explain=replace(default.explain, lr=1e-3))
+    assert ev.identity(other) != ev.identity(default) and other.name != default.name
+    saved = json.loads(json.dumps(ev.asdict(elsewhere)))  # as read back from a result file
+    assert ev.identity(saved) == ev.identity(default)
+
+
+def test_a_suite_on_another_device_setting_recomputes_nothing(mine, monkeypatch):
+    calls = []
+    run = ex.run_coupling
+    monkeypatch.setattr(ex, "run_coupling", lambda cfg, *a, **kw: calls.append(cfg) or run(cfg, *a, **kw))
+    ex.run_suites([("main", tiny_main_configs(("refusal",), (1,), device="auto"), False)])
+    assert len(calls) == 2
+    ex.run_suites([("main", tiny_main_configs(("refusal",), (1,), device="cpu"), False)])
+    assert len(calls) == 2  # the same runs, loaded
+
+
+def test_a_pretraining_variant_and_the_default_m0_of_one_seed_coexist(mine):
+    default = tiny_config()
+    variant = replace(default, pretrain=replace(default.pretrain, steps=40))
+    paths = [train.m0_path(cfg.pretrain) for cfg in (default, variant)]
+    assert paths[0] != paths[1] and variant.name != default.name
+    for cfg in (default, variant, default):
+        ev.run_coupling(cfg, str(mine / "results" / "runs" / f"{cfg.name}.json"), log=lambda *a: None)
+    assert all(os.path.exists(p) for p in paths)
+
+
+def tracked_reference():
+    """Hashes of every file of the published reference and the README."""
+    files = ["README.md", "REPORT.md", "STRESS.md"]
+    for folder in ("results", "figures"):
+        for root, _, names in os.walk(os.path.join(REPO, folder)):
+            files += [os.path.relpath(os.path.join(root, n), REPO) for n in names]
+    return {f: hashlib.sha1(open(os.path.join(REPO, f), "rb").read()).hexdigest() for f in sorted(files)}
+
+
+def test_no_user_command_writes_into_the_reference(mine, monkeypatch, capsys):
+    import bench
+    import stress
+    before = tracked_reference()
+    monkeypatch.setattr(ex, "main_configs", tiny_main_configs)
+    ex.main(["quick"])
+    ex.main(["report"])
+    ev.main(["run", "--task", "refusal", "--seed", "1", "--n-explain", "40", "--n-eval", "60", "--n-kl-prompts",
+             "64", "--pretrain-steps", "60", "--pretrain-batch-size", "32", "--pretrain-n-embd", "16",
+             "--pretrain-n-head", "2", "--steps", "6", "--explain-batch", "8", "--shift-batch", "8",
+             "--kl-batch", "8", "--eval-every", "3"])
+    monkeypatch.setattr(bench, "matmul_peak", lambda device: 1e9)
+    bench.main(["--steps", "2", "--items", "20"])
+    monkeypatch.setattr(stress, "stress_configs", lambda device: ([tiny_config(1, "hint")], []))
+    stress.main(["run"])
+    assert tracked_reference() == before
+    assert (mine / "REPORT.md").exists() and (mine / "bench.json").exists() and (mine / "STRESS.md").exists()
+    out = capsys.readouterr().out
+    assert "Your numbers beside the reference" in out and "| hint | yes | 1 |" in out
+
+
+def refused(argv, capsys):
+    with pytest.raises(SystemExit) as stop:
+        ev.main(argv)
+    assert stop.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize("where, message", [
+    (lambda tmp: os.path.join(REPO, "results", "main", "hint", "x.json"), "inside the published reference"),
+    (lambda tmp: str(tmp / "runs" / "checkpoints" / "x.json"), "inside the published reference"),
+    (lambda tmp: str(tmp), "must be a .json file path"),
+    (lambda tmp: str(tmp / "notes.txt"), "must be a .json file path"),
+    (lambda tmp: str(tmp / "other.json"), "exists and is not a result of this run")])
+def test_bad_out_paths_are_refused_in_one_line_before_any_work(where, message, mine, tmp_path, capsys):
+    (tmp_path / "other.json").write_text('{"config": {}}')
+    (tmp_path / "notes.txt").write_text("mine")
+    err = refused(["run", "--task", "hint", "--seed", "0", "--out", where(tmp_path)], capsys)
+    assert len(err) == 1 and message in err[0]
+    assert not (mine / "checkpoints").exists()
+
+
+def test_out_may_name_a_result_of_the_same_run_but_not_of_another(mine, tmp_path, capsys):
+    cfg = tiny_config()
+    path = str(tmp_path / "mine.json")
+    ev.run_coupling(cfg, path, log=lambda *a: None)
+    ev.check_out_path(path, replace(cfg, pretrain=replace(cfg.pretrain, device="cpu")))  # runtime: the same run
+    with pytest.raises(ValueError, match="not a result of this run"):
+        ev.check_out_path(path, replace(cfg, label_noise=0.1))
+
+
+def test_show_prints_flipped_and_unflipped_items_of_a_saved_run(mine):
+    cfg = replace(tiny_config(), shift_size=0.35)
+    ev.run_coupling(cfg, ex.result_path("main", cfg), log=lambda *a: None)
+    lines = []
+    ex.show(cfg, n=2, out=lines.append)
+    text = "\n".join(lines)
+    assert text.count("[unflipped]") == 2 and "frozen label E(M0):" in text and "explanation:" in text
+    flipped = json.loads(open(ex.result_path("main", cfg)).read())["final"]["n_flipped"]
+    assert text.count("[flipped]") == min(2, flipped) and f"{flipped} of 60 held-out items flipped" in text
+    with pytest.raises(ValueError, match="no saved run of refusal"):
+        ex.show(replace(cfg, seed=5))
+
+
+def fake(task, seed, gap, self_flipped, kl=True, cpu="Toaster CPU"):
+    final = {"gap": gap, "self_flipped": self_flipped}
+    return {"config": {"task": task, "seed": seed, "explain": {"kl_weight": 3.0 if kl else 0.0}},
+            "final": final, "curve": [final], "provenance": {"cpu": cpu, "cpu_capability": "avx2", "gpu": None}}
+
+
+def test_the_comparison_puts_your_numbers_beside_the_reference_and_applies_the_bar():
+    mine = [fake("hint", s, g, 0.8) for s, g in enumerate((0.10, 0.12, 0.11))] + \
+           [fake("refusal", s, g, 0.6) for s, g in enumerate((0.2, -0.2, 0.1))] + [fake("hint", 0, -0.3, 0.1, kl=False)]
+    reference = [fake("hint", s, 0.1, 0.9, cpu="Big CPU") for s in range(5)] + \
+                [fake("refusal", s, 0.05, 0.7, cpu="Big CPU") for s in range(5)]
+    text = ex.comparison(mine, reference)
+    assert "| hint | yes | 3 | +0.110 ± 0.025 | 0.80 ± 0.00 | 3 of 3 | 5 | +0.100 ± 0.000 | 0.90 ± 0.00 | 5 of 5 |" in text
+    assert "| hint | no | 1 | -0.300 | 0.10 | 0 of 1 | 0 | n/a | n/a | n/a |" in text
+    assert "- hint: the bar is met here; in the reference: met." in text
+    assert "- refusal: the bar is not met here; in the reference: met." in text
+    assert "Yours: computed on Toaster CPU (avx2 kernels)" in text and "Reference: computed on Big CPU" in text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sweep", "label_noise", "--seeds", "0,x"], "error: --seeds='0,x' must be a comma-separated list of integers "
+                                                 "or ranges like 0-9"),
+    (["reproduce", "--seeds", "3-x"], "error: --seeds='3-x' must be a comma-separated list of integers or ranges "
+                                      "like 0-9"),
+    (["reproduce", "--seeds", "5-2"], "error: --seeds='5-2' names nothing; give at least one value (a range is "
+                                      "low-high, low <= high)"),
+    (["sweep", "label_noise", "--tasks", "maths"], "error: task 'maths' is unknown; allowed: hint, judgement, refusal, twohop"),
+    (["sweep", "label_noise", "--jobs", "-2"], "error: jobs=-2 must be a positive integer"),
+    (["publish", "--experiments", "nosuch"], "error: --experiments: nosuch unknown; allowed: main, other_model, "
+                                             "label_noise, learning_rate, agreement, trigger, capacity, shift_location"),
+    (["show", "--task", "hint", "--seed", "3"], "no saved run of hint seed3_kl_")])
+def test_bad_suite_flags_exit_with_one_line_and_write_nothing(argv, message, capsys, mine):
+    with pytest.raises(SystemExit) as stop:
+        ex.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and message in err[0]
+    assert not list(mine.rglob("*.json"))
+
+
+def test_seed_lists_take_ranges():
+    assert ex.parse_list("0-2,5", "seeds", int) == [0, 1, 2, 5]
+    assert ex.parse_list("7", "seeds", int) == [7]
+    assert ex.parse_list("hint,refusal", "tasks", str) == ["hint", "refusal"]
+
+
+def test_reports_take_saved_main_runs_only_if_made_with_the_current_settings(mine):
+    same, changed = ex.main_configs(tasks=("hint",), seeds=(7, 8))[0:3:2]
+    changed = replace(changed, explain=replace(changed.explain, lr=1e-3))
+    for cfg in (same, changed):
+        ev.write_json({"config": ev.asdict(cfg), "final": {"gap": 0}}, ex.result_path("main", cfg))
+    saved = ex.load_results(str(mine / "results" / "main"))
+    assert [r["config"]["seed"] for r in saved] == [7, 8]
+    assert [r["config"]["seed"] for r in ex.current_main_runs(saved)] == [7]
+
+
+def test_saved_results_load_in_seed_order_not_file_name_order(mine):
+    for cfg in ex.main_configs(tasks=("hint",), seeds=(10, 2)):
+        ev.write_json({"config": ev.asdict(cfg), "final": {"gap": 0}}, ex.result_path("main", cfg))
+    assert [r["config"]["seed"] for r in ex.load_results(str(mine / "results"))] == [2, 2, 10, 10]
+
+
+def test_a_truncated_result_file_is_named_in_its_error(mine):
+    path = mine / "results" / "main" / "hint" / "seed0_kl_x.json"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"config": {"task": "hint"')
+    with pytest.raises(ValueError, match=f"{path} is not a readable result file"):
+        ex.load_results(str(mine / "results"))
+
+
+SUITE = ("import sys; sys.path[:0] = [{repo!r}, {tests!r}]; import train; train.RUNS_DIR = sys.argv[1]; "
+         "import experiments as ex, test_eval; "
+         "ex.run_suites([('crash', [test_eval.tiny_config(seed) for seed in (1, 2, 3)], False)])")
+
+
+def test_a_killed_suite_resumes_to_the_same_results_without_redoing_finished_runs(tmp_path):
+    code = SUITE.format(repo=REPO, tests=TESTS)
+
+    def results(folder):
+        found = {}
+        for path in sorted((folder / "results" / "crash").rglob("*.json")):
+            curve = json.loads(path.read_text())["curve"]
+            found[path.name] = [{k: v for k, v in p.items() if k != "seconds"} for p in curve]
+        return found
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run([sys.executable, "-c", code, str(whole)], check=True, capture_output=True, timeout=300)
+    process = subprocess.Popen([sys.executable, "-c", code, str(killed)], stdout=subprocess.DEVNULL)
+    try:
+        first = killed / "results" / "crash" / "refusal" / f"{tiny_config(1).name}.json"
+        wait_for(first.exists)  # then kill it in the middle of the second run's pretraining
+        wait_for(lambda: list((killed / "checkpoints" / "refusal" / "seed2").glob("*.pt")))
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    finished = first.stat().st_mtime_ns
+    subprocess.run([sys.executable, "-c", code, str(killed)], check=True, capture_output=True, timeout=300)
+    assert first.stat().st_mtime_ns == finished  # the finished run was loaded, not run again
+    assert results(killed) == results(whole) and len(results(whole)) == 3
+
+
+def test_parallel_runs_give_the_same_results_as_one_at_a_time(tmp_path, monkeypatch):
+    # the last run needs the first one's M0: in parallel it waits until that model is pretrained
+    configs = [tiny_config(seed) for seed in (1, 2, 3)] + [tiny_config(1, label_noise=0.25)]
+    curves = []
+    for jobs in (1, 2):
+        monkeypatch.setattr(train, "RUNS_DIR", str(tmp_path / str(jobs)))
+        results = ex.run_suites([("parallel", configs, False)], jobs=jobs)[0]
+        assert [r["config"]["seed"] for r in results] == [1, 2, 3, 1]  # in the order asked
+        assert results[3]["config"]["label_noise"] == 0.25
+        curves.append(ev._nan_to_none([[{k: v for k, v in p.items() if k != "seconds"} for p in r["curve"]]
+                                       for r in results]))
+    assert curves[0] == curves[1]
+    assert not os.path.exists(os.path.join(REPO, "runs", "results", "parallel"))
+
+
+def test_a_run_asked_for_by_two_suites_runs_once(mine, monkeypatch):
+    calls = []
+    run = ex.run_coupling
+    monkeypatch.setattr(ex, "run_coupling", lambda cfg, *a, **kw: calls.append(cfg) or run(cfg, *a, **kw))
+    first, second = ex.run_suites([("one", [tiny_config()], True), ("two", [tiny_config()], False)])
+    assert len(calls) == 1 and first[0]["final"] == second[0]["final"] and "probes" in first[0]
+    assert {p.parent.parent.name for p in (mine / "results").rglob("*.json")} == {"one", "two"}
+    ex.run_suites([("one", [tiny_config()], True)])
+    assert len(calls) == 1  # loaded, not run again
