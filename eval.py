@@ -28,7 +28,7 @@ from explain import (Labels, add_label_noise, behaviour, current_labels, explain
                      labels_from_behaviour, mean_or_nan, mix_labels, pair_cases, probe_explainer)
 from model import GPT, GPTConfig, pick_device
 from patching import patching_effects
-from train import (REPO, ExplainConfig, PretrainConfig, active_phase, add_config_flags, atomic_write,
+from train import (REMOVED_PRETRAIN_FIELDS, REPO, ExplainConfig, PretrainConfig, active_phase, add_config_flags, atomic_write,
                    behaviour_accuracy, case_logprobs, config_from_flags, explainer_from, kl_to_reference,
                    load_checkpoint, m0_path, option, pretrain, save_checkpoint, science,
                    train_explainer, with_defaults)
@@ -186,8 +186,11 @@ def _changed(values, defaults):
 
 def config_from_dict(saved):
     """A RunConfig from a saved result's config dict (fields added since it was saved take the value the
-    code had before them; fields since removed are dropped)."""
+    code had before them; fields since removed are dropped, and refused if they were on)."""
     full = with_defaults(saved, RunConfig)
+    for name, off in REMOVED_PRETRAIN_FIELDS.items():
+        if full["pretrain"].get(name, off) != off:
+            raise ValueError(f"made with {name}={full['pretrain'][name]}, a setting since removed")
     known = lambda cls, d: {f.name: d[f.name] for f in fields(cls) if f.name in d}
     return RunConfig(**{k: v for k, v in known(RunConfig, full).items() if k not in ("pretrain", "explain")},
                      pretrain=PretrainConfig(**known(PretrainConfig, full["pretrain"])),

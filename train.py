@@ -148,20 +148,6 @@ def with_defaults(saved, cls):
     return full
 
 
-def non_defaults(config):
-    """The fields of a config (nested) that differ from their defaults: what names a variant."""
-    out = {}
-    for f in fields(config):
-        value, default = getattr(config, f.name), _default(f)
-        if is_dataclass(value):
-            nested = non_defaults(value)
-            if nested:
-                out[f.name] = nested
-        elif value != default:
-            out[f.name] = value
-    return out
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Losses shared by both stages
 

@@ -94,7 +94,7 @@ def test_no_user_command_writes_into_the_reference(mine, monkeypatch, capsys):
     import stress
     before = tracked_reference()
     monkeypatch.setattr(ex, "main_configs", tiny_main_configs)
-    ex.main(["quick"])
+    ex.main(["quick", "--jobs", "1"])
     ex.main(["report"])
     ev.main(["run", "--task", "refusal", "--seed", "1", "--n-explain", "40", "--n-eval", "60", "--n-kl-prompts",
              "64", "--pretrain-steps", "60", "--pretrain-batch-size", "32", "--pretrain-n-embd", "16",
@@ -103,7 +103,7 @@ def test_no_user_command_writes_into_the_reference(mine, monkeypatch, capsys):
     monkeypatch.setattr(bench, "matmul_peak", lambda device: 1e9)
     bench.main(["--steps", "2", "--items", "20"])
     monkeypatch.setattr(stress, "stress_configs", lambda device: ([tiny_config(1, "hint")], []))
-    stress.main(["run"])
+    stress.main(["run", "--jobs", "1"])
     assert tracked_reference() == before
     assert (mine / "REPORT.md").exists() and (mine / "bench.json").exists() and (mine / "STRESS.md").exists()
     out = capsys.readouterr().out
