@@ -19,9 +19,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from data import N_UNITS, get_task
 import train
-from eval import provenance, write_json
 from explain import behaviour, pair_cases
-from train import PretrainConfig, lr_at, new_model, new_optimizer, pretrain_loss, setup, take_step
+from train import (PretrainConfig, lr_at, new_model, new_optimizer, pretrain_loss, provenance, setup, take_step,
+                   write_json)
 
 
 def seconds_per_call(fn, repeats, warmup=3):

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import tiktoken
 
+from config import check_fraction, check_positive
+
 # ---------------------------------------------------------------------------------------------------------
 # Random streams: one seeded generator per purpose, so adding a draw to one purpose never moves another's
 # numbers. A stream's generator is seeded by [seed, *tag, *extra] (extra: e.g. the training step).
@@ -116,18 +118,6 @@ def unit_token_ids():
 
 # ---------------------------------------------------------------------------------------------------------
 # Tasks
-
-def check_fraction(name, value):
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name}={value} is a probability and must lie in [0, 1]")
-    return value
-
-
-def check_positive(name, value):
-    if int(value) != value or value <= 0:
-        raise ValueError(f"{name}={value} must be a positive integer")
-    return int(value)
-
 
 @dataclass
 class Split:

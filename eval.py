@@ -14,24 +14,19 @@ import hashlib
 import json
 import math
 import os
-import platform
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
-import tiktoken
-import torch
 
-from data import N_UNITS, TASKS, TriggerTask, check_fraction, check_positive, get_task, rng
+from config import add_config_flags, check_fraction, check_positive, config_from_flags, option, science, with_defaults
+from data import N_UNITS, TASKS, TriggerTask, get_task, rng
 from explain import (Labels, add_label_noise, behaviour, current_labels, explain, explanation_data,
-                     labels_from_behaviour, mean_or_nan, mix_labels, pair_cases, probe_explainer)
-from model import GPT, GPTConfig, pick_device
-from patching import patching_effects
-from train import (REMOVED_PRETRAIN_FIELDS, REPO, ExplainConfig, PretrainConfig, active_phase, add_config_flags, atomic_write,
-                   behaviour_accuracy, case_logprobs, config_from_flags, explainer_from, kl_to_reference,
-                   load_checkpoint, m0_path, option, pretrain, save_checkpoint, science,
-                   train_explainer, with_defaults)
+                     labels_from_behaviour, mean_or_nan, mix_labels, pair_cases)
+from model import pick_device
+from train import (REMOVED_PRETRAIN_FIELDS, REPO, ExplainConfig, PretrainConfig, active_phase, behaviour_accuracy,
+                   case_logprobs, explainer_from, kl_to_reference, m0_path, pretrain, provenance, save_checkpoint,
+                   train_explainer, write_json)
 import train
 
 REFERENCE = os.path.join(REPO, "results")  # the published reference: read, never written by a user's command
@@ -369,91 +364,8 @@ def explainer_path(result_path):
     return result_path.removesuffix(".json") + ".pt"
 
 
-def load_model(path, device="cpu"):
-    """A model saved by train.save_checkpoint (M0 or a final explainer), ready to evaluate."""
-    ckpt = load_checkpoint(path, device)
-    model = GPT(GPTConfig(**ckpt["model_config"])).to(device)
-    model.load_state_dict(ckpt["model"])
-    return model.eval()
-
-
-def saved_run(result_path, runs_dir=None):
-    """(config, task, split, probed task, held-out items, M0, final explainer) of a saved run."""
-    cfg = config_from_dict(read_result(result_path)["config"])
-    task, device = get_task(cfg.task), pick_device(cfg.pretrain.device)
-    split = task.split(cfg.seed, cfg.n_explain, cfg.n_eval)
-    probed, items = held_out(cfg, task, split)
-    return (cfg, task, split, probed, items, load_model(m0_path(cfg.pretrain, runs_dir), device),
-            load_model(explainer_path(result_path), device))
-
-
-def analyse_run(result_path, runs_dir=None):
-    """Probes and activation patching of a saved run's final explainer, added to its result file."""
-    cfg, _, _, probed, items, m0, model = saved_run(result_path, runs_dir)
-    result = read_result(result_path)
-    result.update(probes=probe_explainer(model, probed, items, current_labels(m0, probed, items)[0]),
-                  patching=patching_effects(model, probed, items))
-    write_json(result, result_path)
-    return result
-
-
 # ---------------------------------------------------------------------------------------------------------
-# Result files: whole or absent, with what reproducing them needs
-
-CODE = ("*.py", "requirements.txt", "Makefile")  # what git_dirty checks (not results, reports, figures)
-
-
-def provenance():
-    """What a result needs beside it to be reproduced: versions, commit, whether the code had
-    uncommitted changes, the machine and the runtime settings' effect (threads)."""
-    git = lambda *args: subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO).stdout.strip()
-    try:
-        commit, dirty = git("rev-parse", "HEAD") or "unknown", bool(git("status", "--porcelain",
-                                                                         "--untracked-files=no", "--", *CODE))
-    except OSError:
-        commit, dirty = "unknown", False
-    return {"git_commit": commit, "git_dirty": dirty, "python": platform.python_version(),
-            "torch": torch.__version__, "numpy": np.__version__, "tiktoken": tiktoken.__version__,
-            "platform": platform.platform(), "threads": torch.get_num_threads(), **processors()}
-
-
-def processors():
-    """The CPU and GPU a result was computed on: another CPU's kernels (AVX2 or AVX-512, say) round
-    differently, so the same seed there is a new draw."""
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "gpu": gpu}
-
-
-def machine(prov):
-    """Where a result was computed, in words (results saved before this was recorded say so)."""
-    if "cpu" not in prov:
-        return "a machine not recorded"
-    return prov["gpu"] or f"{prov['cpu']} ({prov['cpu_capability']} kernels)"
-
-
-def _nan_to_none(obj):
-    """Strict JSON has no NaN: an undefined metric (e.g. Self@flipped with nothing flipped) is null."""
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_nan_to_none(v) for v in obj]
-    return obj
-
-
-def write_json(obj, path):
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(_nan_to_none(obj), f, indent=1, allow_nan=False)
-    atomic_write(path, write)
-
+# Result files and the command line of one run
 
 def read_result(path):
     """A result file, refused in one line if it is not one."""
@@ -490,9 +402,6 @@ def check_out_path(out, cfg: RunConfig, runs_dir=None):
     if not os.access(folder, os.W_OK):
         raise ValueError(f"--out={out}: folder {folder} is not writable; choose another path")
 
-
-# ---------------------------------------------------------------------------------------------------------
-# Command line: one run
 
 RUNTIME_FLAGS = ("device", "threads", "checkpoint_every")  # PretrainConfig's runtime settings, flags of their own
 
@@ -540,8 +449,6 @@ def main(argv=None):
     except ValueError as err:
         parser.exit(2, f"error: {err}\n")
     result = run_coupling(cfg, out)
-    if is_kl(result["config"]):
-        analyse_run(out)
     f = result["final"]
     print(f"final: Self {f['self']:.3f}, Orig {f['orig']:.3f}, gap {f['gap']:+.3f}, {f['n_flipped']} flipped "
           f"(Self@flipped {f['self_flipped']:.2f}) -> {out}\nits explanations, item by item: python "

@@ -25,15 +25,18 @@ import time
 from dataclasses import dataclass
 
 import train
-from data import TASKS, check_positive, get_task
+from config import check_positive
+from data import TASKS, get_task
 import numpy as np
 
-from eval import (REFERENCE, RunConfig, add_run_flags, analyse_run, config_from_args, config_from_dict, identity,
-                  is_kl, pretrained_models, read_result, run_coupling, saved_run, write_json)
-from explain import behaviour, explain, explanation_query, explanation_text, labels_from_behaviour
-from model import pick_device
+from eval import (REFERENCE, RunConfig, add_run_flags, config_from_args, config_from_dict, explainer_path, held_out,
+                  identity, is_kl, pretrained_models, read_result, run_coupling)
+from explain import (behaviour, current_labels, explain, explanation_query, explanation_text, labels_from_behaviour,
+                     probe_explainer)
+from patching import patching_effects
+from model import GPT, GPTConfig, pick_device
 from report import comparison, group, main_table, write_report, write_text
-from train import REPO, ExplainConfig, PretrainConfig, load_checkpoint, pretrain
+from train import REPO, ExplainConfig, PretrainConfig, load_checkpoint, m0_path, pretrain, write_json
 
 MAIN_TASKS = ("hint", "judgement", "refusal")
 
@@ -155,6 +158,37 @@ def sweep_configs(name, tasks=None, seeds=(0, 1, 2), device="auto"):
                 configs.append(RunConfig(task=task, seed=seed, pretrain=PretrainConfig(device=device),
                                          explain=explain, **({} if section else {knob: value})))
     return configs
+
+
+# ---------------------------------------------------------------------------------------------------------
+# After a run: its saved explainer, probed and patched
+
+def load_model(path, device="cpu"):
+    """A model saved by train.save_checkpoint (M0 or a final explainer), ready to evaluate."""
+    ckpt = load_checkpoint(path, device)
+    model = GPT(GPTConfig(**ckpt["model_config"])).to(device)
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+def saved_run(result_path, runs_dir=None):
+    """(config, task, split, probed task, held-out items, M0, final explainer) of a saved run."""
+    cfg = config_from_dict(read_result(result_path)["config"])
+    task, device = get_task(cfg.task), pick_device(cfg.pretrain.device)
+    split = task.split(cfg.seed, cfg.n_explain, cfg.n_eval)
+    probed, items = held_out(cfg, task, split)
+    return (cfg, task, split, probed, items, load_model(m0_path(cfg.pretrain, runs_dir), device),
+            load_model(explainer_path(result_path), device))
+
+
+def analyse_run(result_path, runs_dir=None):
+    """Probes and activation patching of a saved run's final explainer, added to its result file."""
+    cfg, _, _, probed, items, m0, model = saved_run(result_path, runs_dir)
+    result = read_result(result_path)
+    result.update(probes=probe_explainer(model, probed, items, current_labels(m0, probed, items)[0]),
+                  patching=patching_effects(model, probed, items))
+    write_json(result, result_path)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------------------

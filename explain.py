@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from data import check_fraction, decode, encode
+from config import check_fraction
+from data import decode, encode
 from train import case_logprobs
 
 QUERY = " if the {feature} were removed ?"

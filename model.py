@@ -6,6 +6,7 @@ right-padded, so with causal attention a real token never attends to padding and
 at a prompt's last real position are the same whatever else is in the batch.
 """
 import math
+import platform
 from dataclasses import dataclass
 
 import numpy as np
@@ -214,3 +215,23 @@ def pick_device(name="auto"):
     if not available[name]:
         raise ValueError(f"device={name!r} is not available on this machine; use auto or cpu")
     return torch.device(name)
+
+
+def processors():
+    """The CPU and GPU a result was computed on: another CPU's kernels (AVX2 or AVX-512, say) round
+    differently, so the same seed there is a new draw."""
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "gpu": gpu}
+
+
+def machine(prov):
+    """Where a result was computed, in words (results saved before this was recorded say so)."""
+    if "cpu" not in prov:
+        return "a machine not recorded"
+    return prov["gpu"] or f"{prov['cpu']} ({prov['cpu_capability']} kernels)"

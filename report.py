@@ -8,7 +8,8 @@ import os
 
 import numpy as np
 
-from eval import defined, is_coupled, is_kl, machine, mean_ci, meets_bar
+from eval import defined, is_coupled, is_kl, mean_ci, meets_bar
+from model import machine
 from patching import mean_profiles
 from train import atomic_write
 

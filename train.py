@@ -19,16 +19,19 @@ import hashlib
 import json
 import math
 import os
+import platform
+import subprocess
 import time
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
+import tiktoken
 import torch
 import torch.nn.functional as F
 
-from data import (N_UNITS, TASKS, TOKENIZER, check_fraction, check_positive, get_task, rng,
-                  tokenizer_fingerprint, unit_token_ids)
-from model import GPT, GPTConfig, pick_device
+from config import add_config_flags, check_fraction, check_positive, config_from_flags, option, science, with_defaults
+from data import N_UNITS, TASKS, TOKENIZER, get_task, rng, tokenizer_fingerprint, unit_token_ids
+from model import GPT, GPTConfig, pick_device, processors
 
 BLOCK_SIZE = 48
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -94,58 +97,39 @@ def load_checkpoint(path, device="cpu"):
     return ckpt
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Configs: one dataclass per stage, whose fields are also the command line's flags
-
-def option(default, help, **metadata):
-    """A config field with the help text of its flag, and optional metadata: runtime=True for a setting
-    of how a run executes, not what it computes (at most the rounding changes; not part of a run's
-    identity); absent_means=value for what an older saved config meant when it lacked the field."""
-    return field(default=default, metadata={"help": help, **metadata})
+CODE = ("*.py", "requirements.txt", "Makefile")  # what git_dirty checks (not results, reports, figures)
 
 
-def _default(f):
-    return f.default_factory() if f.default_factory is not MISSING else f.default
+def provenance():
+    """What a result needs beside it to be reproduced: versions, commit, whether the code had
+    uncommitted changes, the machine and the runtime settings' effect (threads)."""
+    git = lambda *args: subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    try:
+        commit, dirty = git("rev-parse", "HEAD") or "unknown", bool(git("status", "--porcelain",
+                                                                         "--untracked-files=no", "--", *CODE))
+    except OSError:
+        commit, dirty = "unknown", False
+    return {"git_commit": commit, "git_dirty": dirty, "python": platform.python_version(),
+            "torch": torch.__version__, "numpy": np.__version__, "tiktoken": tiktoken.__version__,
+            "platform": platform.platform(), "threads": torch.get_num_threads(), **processors()}
 
 
-def add_config_flags(parser, cls, prefix="", skip=()):
-    """A --flag for each field of the dataclass cls (nested configs and `skip` excepted), typed and
-    defaulted like the field, with its help; prefix (e.g. "pretrain-") keeps two configs' flags apart."""
-    for f in fields(cls):
-        default = _default(f)
-        if is_dataclass(default) or f.name in skip:
-            continue
-        parser.add_argument(f"--{prefix}{f.name.replace('_', '-')}", dest=prefix.replace("-", "_") + f.name,
-                            type=type(default), default=default,
-                            help=f"{f.metadata['help']} (default: {default})")
+def _nan_to_none(obj):
+    """Strict JSON has no NaN: an undefined metric (e.g. Self@flipped with nothing flipped) is null."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nan_to_none(v) for v in obj]
+    return obj
 
 
-def config_from_flags(values: dict, cls, prefix=""):
-    """cls built from parsed flags (vars(args)) for the fields that have one; the others keep their
-    defaults."""
-    dest = prefix.replace("-", "_")
-    return cls(**{f.name: values[dest + f.name] for f in fields(cls) if dest + f.name in values})
-
-
-def science(config) -> dict:
-    """A config as a dict (nested configs too) without its runtime settings: what a run's numbers are
-    made of, and so what names a run and decides whether a saved one can be reused."""
-    return {f.name: science(getattr(config, f.name)) if is_dataclass(getattr(config, f.name))
-            else getattr(config, f.name) for f in fields(config) if not f.metadata.get("runtime")}
-
-
-def with_defaults(saved, cls):
-    """A config dict saved by an older version, completed for the fields added since: with the value the
-    code had before the field existed (its metadata's "absent_means") or else its default, so that old
-    checkpoints and results stay valid, and an old result never passes for a run of a changed default."""
-    full = dict(saved)
-    for f in fields(cls):
-        default = _default(f)
-        if is_dataclass(default):
-            full[f.name] = with_defaults(saved.get(f.name, {}), type(default))
-        elif f.name not in saved:
-            full[f.name] = f.metadata.get("absent_means", default)
-    return full
+def write_json(obj, path):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(_nan_to_none(obj), f, indent=1, allow_nan=False)
+    atomic_write(path, write)
 
 
 # ---------------------------------------------------------------------------------------------------------

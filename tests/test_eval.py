@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import eval as ev
+import experiments
 import train
 from explain import Labels
 from train import ExplainConfig, PretrainConfig
@@ -60,7 +61,7 @@ def tiny_run(tmp_path, analyse=False, **kw):
     path = tmp_path / "result.json"
     ev.run_coupling(tiny_config(**kw), str(path), runs_dir=str(tmp_path / "runs"), log=lambda *a: None)
     if analyse:
-        ev.analyse_run(str(path), runs_dir=str(tmp_path / "runs"))
+        experiments.analyse_run(str(path), runs_dir=str(tmp_path / "runs"))
     return json.loads(path.read_text())
 
 

@@ -262,7 +262,7 @@ def test_parallel_runs_give_the_same_results_as_one_at_a_time(tmp_path, monkeypa
         results = ex.run_suites([("parallel", configs, False)], jobs=jobs)[0]
         assert [r["config"]["seed"] for r in results] == [1, 2, 3, 1]  # in the order asked
         assert results[3]["config"]["label_noise"] == 0.25
-        curves.append(ev._nan_to_none([[{k: v for k, v in p.items() if k != "seconds"} for p in r["curve"]]
+        curves.append(train._nan_to_none([[{k: v for k, v in p.items() if k != "seconds"} for p in r["curve"]]
                                        for r in results]))
     assert curves[0] == curves[1]
     assert not os.path.exists(os.path.join(REPO, "runs", "results", "parallel"))

@@ -4,6 +4,7 @@ from dataclasses import asdict
 import pytest
 import torch
 
+import config
 import train
 from data import TASKS, TOKENIZER, unit_token_ids
 from model import GPT, GPTConfig
@@ -211,10 +212,10 @@ def test_a_sharp_shift_changes_nothing_before_its_step_and_moves_the_weights_fro
 def test_old_configs_stay_valid_when_a_field_is_added():
     old = asdict(train.PretrainConfig(seed=3))
     del old["world_seed"]  # as saved before world_seed existed
-    assert train.with_defaults(old, train.PretrainConfig) == asdict(train.PretrainConfig(seed=3))
+    assert config.with_defaults(old, train.PretrainConfig) == asdict(train.PretrainConfig(seed=3))
     before_decay = asdict(train.ExplainConfig())
     del before_decay["weight_decay"]  # saved before stage B had weight decay: made without it
-    assert train.with_defaults(before_decay, train.ExplainConfig) == asdict(train.ExplainConfig(weight_decay=0.0))
+    assert config.with_defaults(before_decay, train.ExplainConfig) == asdict(train.ExplainConfig(weight_decay=0.0))
 
 
 def test_the_shift_is_written_only_where_shift_in_allows():

@@ -5,13 +5,14 @@ from dataclasses import dataclass, field, fields
 
 import pytest
 
+import config
 import train
 from train import ExplainConfig, PretrainConfig
 
 
 @dataclass
 class Outer:  # a config with a nested one, as a run's config holds both stages'
-    name: str = train.option("x", "a name")
+    name: str = config.option("x", "a name")
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
 
@@ -19,7 +20,7 @@ class Outer:  # a config with a nested one, as a run's config holds both stages'
 def test_every_field_has_help_and_every_flag_shows_its_default(cls):
     assert all(f.metadata.get("help") for f in fields(cls))
     parser = argparse.ArgumentParser()
-    train.add_config_flags(parser, cls)
+    config.add_config_flags(parser, cls)
     flags = [a for a in parser._actions if a.dest != "help"]
     assert len(flags) == len(fields(cls))
     assert all(a.help.endswith(f"(default: {a.default})") for a in flags)
@@ -27,16 +28,16 @@ def test_every_field_has_help_and_every_flag_shows_its_default(cls):
 
 def test_flags_parse_into_the_config_with_a_prefix_and_skipped_fields():
     parser = argparse.ArgumentParser()
-    train.add_config_flags(parser, PretrainConfig, prefix="pretrain-", skip=("task",))
+    config.add_config_flags(parser, PretrainConfig, prefix="pretrain-", skip=("task",))
     values = vars(parser.parse_args(["--pretrain-steps", "300", "--pretrain-lr", "0.01", "--pretrain-n-layer", "3"]))
     assert values["pretrain_steps"] == 300 and isinstance(values["pretrain_lr"], float)
-    cfg = train.config_from_flags(values, PretrainConfig, prefix="pretrain-")
+    cfg = config.config_from_flags(values, PretrainConfig, prefix="pretrain-")
     assert cfg == PretrainConfig(steps=300, lr=0.01, n_layer=3)
     with pytest.raises(SystemExit):
         parser.parse_args(["--pretrain-task", "judgement"])
     parser = argparse.ArgumentParser()
-    train.add_config_flags(parser, Outer)  # nested configs get no flags of their own
-    assert train.config_from_flags(vars(parser.parse_args(["--name", "y"])), Outer) == Outer(name="y")
+    config.add_config_flags(parser, Outer)  # nested configs get no flags of their own
+    assert config.config_from_flags(vars(parser.parse_args(["--name", "y"])), Outer) == Outer(name="y")
 
 
 def test_a_config_keeps_its_metadata_beside_the_help():
@@ -46,10 +47,10 @@ def test_a_config_keeps_its_metadata_beside_the_help():
 
 def test_science_settings_leave_out_the_runtime_ones_even_nested():
     runtime = {"device", "threads", "checkpoint_every"}
-    assert set(train.science(PretrainConfig())) == {f.name for f in fields(PretrainConfig)} - runtime
-    nested = train.science(Outer(pretrain=PretrainConfig(steps=300, threads=4)))
+    assert set(config.science(PretrainConfig())) == {f.name for f in fields(PretrainConfig)} - runtime
+    nested = config.science(Outer(pretrain=PretrainConfig(steps=300, threads=4)))
     assert nested["name"] == "x" and nested["pretrain"]["steps"] == 300 and not runtime & set(nested["pretrain"])
-    assert train.science(PretrainConfig(threads=4, device="cpu")) == train.science(PretrainConfig())
+    assert config.science(PretrainConfig(threads=4, device="cpu")) == config.science(PretrainConfig())
 
 
 def test_each_variant_of_m0_has_its_own_checkpoint_and_runtime_settings_share_one(tmp_path, monkeypatch):
