@@ -7,7 +7,6 @@ FLOP/s as a fraction of this machine's matmul peak, timed with a large torch.mat
 Evaluation speed compares the batched counterfactual evaluation (every pair of a split in a few padded
 passes) with the same pairs one item per forward pass.
 """
-import argparse
 import os
 import resource
 import sys
@@ -19,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from data import N_UNITS, get_task
 import train
+from config import Parser, check_positive, run_command
 from explain import behaviour, pair_cases
 from train import (PretrainConfig, lr_at, new_model, new_optimizer, pretrain_loss, provenance, setup, take_step,
                    write_json)
@@ -99,20 +99,21 @@ def peak_memory_mb(device):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Benchmark speed and memory of the default model.")
+    parser = Parser(description="Benchmark speed and memory of the default model; writes runs/bench.json.")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    parser.add_argument("--steps", type=int, default=50, help="timed training steps")
-    parser.add_argument("--items", type=int, default=900, help="counterfactual pairs to evaluate")
+    parser.add_argument("--steps", type=int, default=50, help="timed training steps, 1 to 10000")
+    parser.add_argument("--items", type=int, default=900, help="counterfactual pairs to evaluate, 1 to 20000")
     parser.add_argument("--threads", type=int, default=PretrainConfig.threads,
-                        help="CPU threads (default: a run's own, 1; a suite runs one run per core)")
+                        help="CPU threads, 1 to 256 (default: a run's own, 1; a suite runs one run per core)")
     args = parser.parse_args(argv)
-    try:
-        cfg = PretrainConfig(device=args.device, threads=args.threads)
-        device = setup(cfg.seed, cfg.threads, cfg.device)
-        if args.steps <= 0 or args.items <= 0:
-            raise ValueError(f"--steps={args.steps} and --items={args.items} must be positive integers")
-    except ValueError as err:
-        parser.exit(2, f"error: {err}\n")
+    run_command(parser, lambda: benchmark(args))
+
+
+def benchmark(args):
+    cfg = PretrainConfig(device=args.device, threads=args.threads)
+    check_positive("steps", args.steps, high=10_000)
+    check_positive("items", args.items, high=20_000)
+    device = setup(cfg.seed, cfg.threads, cfg.device)
     peak = matmul_peak(device)
     training = training_speed(cfg, device, args.steps)
     evaluation = evaluation_speed(cfg, device, args.items)

@@ -1,31 +1,107 @@
-"""Settings as dataclasses whose fields are also the command line's flags.
+"""Settings as dataclasses whose fields are also the command line's flags, each with a range.
 
-Each field is declared with option(default, help, ...): its help text is the flag's, and its metadata says
-whether it is a runtime setting (how a run executes: device, threads, checkpoint interval; never part of a
-run's identity) and what an older saved config meant when it lacked the field. science() is what a run's
-numbers are made of; with_defaults() reads configs saved by older versions.
+Each field is declared with option(default, help, low, high, ...): its help text is the flag's, [low, high]
+is the range every value is checked against before anything runs (nan and inf never pass; upper bounds keep
+memory and time sane), and its metadata says whether it is a runtime setting (how a run executes: device,
+threads, checkpoint interval; never part of a run's identity) and what an older saved config meant when
+it lacked the field. science() is what a run's numbers are made of; with_defaults() reads configs saved
+by older versions. A user error is a ValueError whose message names the value and what is allowed; the
+command lines print it as one line and exit with status 2.
 """
+import argparse
+import math
+import os
 from dataclasses import MISSING, field, fields, is_dataclass
+
+class UserError(ValueError):
+    """A bad setting, file or training run, said in one line that names the value and what is allowed:
+    the command lines print it without a traceback (any other exception is a bug and shows one)."""
+
+
+SEED_MAX = 2 ** 31 - 1  # seeds go to numpy's and torch's generators; a bound every platform accepts
+
+
+def check_range(name, value, low, high, integer=False):
+    """value if it is a finite number in [low, high] (an integer if asked), else a one-line ValueError."""
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not low <= value <= high or (integer and value != int(value)):
+        raise UserError(f"{name}={value!r} must be {kind} in [{number(low)}, {number(high)}]")
+    return int(value) if integer else value
+
+
+def number(x):
+    return f"{x:g}" if isinstance(x, float) else str(x)
 
 
 def check_fraction(name, value):
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name}={value} is a probability and must lie in [0, 1]")
+    return check_range(name, value, 0.0, 1.0)
+
+
+def check_positive(name, value, high=10 ** 6):
+    return check_range(name, value, 1, high, integer=True)
+
+
+def check_choice(name, value, allowed):
+    if value not in allowed:
+        raise UserError(f"{name}={value!r} is unknown; allowed: {', '.join(map(str, allowed))}")
     return value
 
 
-def check_positive(name, value):
-    if int(value) != value or value <= 0:
-        raise ValueError(f"{name}={value} must be a positive integer")
-    return int(value)
+def check_ranges(config):
+    """Check every field of a config declared with a range or choices (see option)."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if "range" in f.metadata:
+            setattr(config, f.name, check_range(f.name, value, *f.metadata["range"],
+                                                integer=isinstance(_default(f), int)))
+        if "choices" in f.metadata:
+            check_choice(f.name, value, f.metadata["choices"])
+
+
+def check_writable(folder, what):
+    """Refuse a folder that cannot be written (or created) before any work is done, creating nothing."""
+    existing = folder
+    while not os.path.isdir(existing):
+        if os.path.exists(existing):
+            raise UserError(f"{what}: {existing} is a file, not a folder; choose another path")
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK):
+        raise UserError(f"{what}: folder {existing} is not writable; choose another path or fix its permissions")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line ("error: ..."), exit status 2, and no usage block."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def run_command(parser, work):
+    """Run work() and turn a UserError (a bad value, a missing or foreign file, a loss that became nan)
+    into one line and exit status 2; anything else is a bug and shows its traceback."""
+    try:
+        return work()
+    except UserError as err:
+        parser.exit(2, f"error: {err}\n")
 
 
 
-def option(default, help, **metadata):
-    """A config field with the help text of its flag, and optional metadata: runtime=True for a setting
-    of how a run executes, not what it computes (at most the rounding changes; not part of a run's
-    identity); absent_means=value for what an older saved config meant when it lacked the field."""
-    return field(default=default, metadata={"help": help, **metadata})
+def option(default, help, low=None, high=None, choices=None, **metadata):
+    """A config field with the help text of its flag; [low, high] or choices: what values are allowed
+    (check_ranges); metadata: runtime=True for a setting of how a run executes, not what it computes (at
+    most the rounding changes; not part of a run's identity); absent_means=value for what an older saved
+    config meant when it lacked the field."""
+    allowed = {"range": (low, high)} if low is not None else {"choices": tuple(choices)} if choices else {}
+    return field(default=default, metadata={"help": help, **allowed, **metadata})
+
+
+def allowed_text(f):
+    """The allowed values of a field, in words, for its flag's help."""
+    if "range" in f.metadata:
+        low, high = f.metadata["range"]
+        return f"{number(low)} to {number(high)}"
+    return ", ".join(map(str, f.metadata.get("choices", ())))
 
 
 def _default(f):
@@ -40,8 +116,8 @@ def add_config_flags(parser, cls, prefix="", skip=()):
         if is_dataclass(default) or f.name in skip:
             continue
         parser.add_argument(f"--{prefix}{f.name.replace('_', '-')}", dest=prefix.replace("-", "_") + f.name,
-                            type=type(default), default=default,
-                            help=f"{f.metadata['help']} (default: {default})")
+                            type=type(default), default=default, metavar=type(default).__name__.upper(),
+                            help=f"{f.metadata['help']} (default: {default}; allowed: {allowed_text(f)})")
 
 
 def config_from_flags(values: dict, cls, prefix=""):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import tiktoken
 
-from config import check_fraction, check_positive
+from config import UserError, check_fraction, check_positive
 
 # ---------------------------------------------------------------------------------------------------------
 # Random streams: one seeded generator per purpose, so adding a draw to one purpose never moves another's
@@ -213,7 +213,7 @@ class Task:
                 items.append(item)
                 if len(items) == n:
                     return items
-        raise ValueError(f"{self.name}: could not draw {n} distinct items from {len(units)} units; "
+        raise UserError(f"{self.name}: could not draw {n} distinct items from {len(units)} units; "
                          f"ask for fewer (at most about {len(items)})")
 
     def shift(self, world, rng, units, size, direction):
@@ -221,12 +221,12 @@ class Task:
         `direction`) behave differently; returns (new_world, shifted_units)."""
         check_fraction("shift size", size)
         if direction not in self.shift_directions:
-            raise ValueError(f"shift direction {direction!r} is unknown for task {self.name}; "
+            raise UserError(f"shift direction {direction!r} is unknown for task {self.name}; "
                              f"allowed: {', '.join(self.shift_directions)}")
         eligible = self.eligible_for_shift(world, np.asarray(units), direction)
         n_shift = int(round(size * len(units)))
         if n_shift > len(eligible):
-            raise ValueError(f"shift size {size} asks for {n_shift} units but only {len(eligible)} can "
+            raise UserError(f"shift size {size} asks for {n_shift} units but only {len(eligible)} can "
                              f"shift in direction {direction!r}; allowed: at most "
                              f"{len(eligible) / len(units):.2f}")
         shifted = np.sort(rng.choice(eligible, size=n_shift, replace=False)) if n_shift else np.array([], int)
@@ -475,5 +475,5 @@ TASKS = {task.name: task for task in (HintTask(), JudgementTask(), RefusalTask()
 
 def get_task(name):
     if name not in TASKS:
-        raise ValueError(f"task {name!r} is unknown; allowed: {', '.join(TASKS)}")
+        raise UserError(f"task={name!r} is unknown; allowed: {', '.join(TASKS)}")
     return TASKS[name]

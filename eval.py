@@ -9,7 +9,6 @@ Coupling is Self > Orig. The two differ only on flipped items (E(M0) != E(M_t)).
 
     python eval.py run --task hint --seed 0      one run, printed live; its result and explainer are saved
 """
-import argparse
 import hashlib
 import json
 import math
@@ -19,7 +18,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
-from config import add_config_flags, check_fraction, check_positive, config_from_flags, option, science, with_defaults
+from config import (SEED_MAX, Parser, UserError, add_config_flags, check_ranges, check_writable, config_from_flags, option, run_command,
+                    science, with_defaults)
 from data import N_UNITS, TASKS, TriggerTask, get_task, rng
 from explain import (Labels, add_label_noise, behaviour, current_labels, explain, explanation_data,
                      labels_from_behaviour, mean_or_nan, mix_labels, pair_cases)
@@ -111,25 +111,33 @@ OTHER_FAMILY = {"n_layer": 3, "n_embd": 96, "seed_offset": 1000, "world_variatio
 
 @dataclass
 class RunConfig:
-    task: str = option("hint", f"the task: {', '.join(TASKS)}")
-    seed: int = option(0, "seed of the world, the items, M0 and every batch")
+    task: str = option("hint", "the task", choices=TASKS)
+    seed: int = option(0, "seed of the world, the items, M0 and every batch", 0, SEED_MAX)
     shift: str = option("default", "the concurrent shift: a direction of the task's own (reduce, acquire, "
-                        "both; judgement: flip), trigger (a new word, the novel behaviour), or default")
-    shift_size: float = option(-1.0, "fraction of held-out units shifted; -1: the task's default")
+                        "both; judgement: flip), trigger (a new word, the novel behaviour), or default",
+                        choices=("default", "trigger", "reduce", "acquire", "both", "flip"))
+    shift_size: float = option(-1.0, "fraction of held-out units shifted; -1: the task's default (at most "
+                               "what the direction can reach)", -1.0, 1.0)
     schedule: str = option("sharp", "none: no shift; sharp: every shifted unit from shift_at on; gradual: "
-                           "they join in ten groups over ramp_steps; oscillating: shifted back at back_at")
-    shift_at: int = option(0, "explanation-training step at which the shift starts")
-    ramp_steps: int = option(150, "gradual schedule: steps over which the shifted units join")
-    back_at: int = option(150, "oscillating schedule: step from which the shift is trained back")
-    label_noise: float = option(0.0, "fraction of explanation labels whose verdict is flipped")
-    other_labels: float = option(0.0, "fraction of explanation labels taken from another model family")
-    n_explain: int = option(300, "explanation-training items (from one half of the units)")
-    n_eval: int = option(900, "held-out evaluation items (from the other half)")
-    n_kl_prompts: int = option(4096, "task prompts drawn for the KL term (plus the explanation items)")
+                           "they join in ten groups over ramp_steps; oscillating: shifted back at back_at",
+                           choices=SCHEDULES)
+    shift_at: int = option(0, "explanation-training step at which the shift starts (before the last step)",
+                           0, 100_000)
+    ramp_steps: int = option(150, "gradual schedule: steps over which the shifted units join", 1, 100_000)
+    back_at: int = option(150, "oscillating schedule: step from which the shift is trained back", 1, 100_000)
+    label_noise: float = option(0.0, "fraction of explanation labels whose verdict is flipped", 0.0, 1.0)
+    other_labels: float = option(0.0, "fraction of explanation labels taken from another model family", 0.0, 1.0)
+    n_explain: int = option(300, "explanation-training items (from one half of the units; at most what can be "
+                            "drawn)", 1, 20_000)
+    n_eval: int = option(900, "held-out evaluation items (from the other half; at most what can be drawn)",
+                         1, 20_000)
+    n_kl_prompts: int = option(4096, "task prompts drawn for the KL term (plus the explanation items)",
+                               1, 100_000)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
 
     def __post_init__(self):
+        check_ranges(self)
         task = get_task(self.task)
         self.pretrain = replace(self.pretrain, task=self.task, seed=self.seed)
         if self.shift == "default":
@@ -137,26 +145,22 @@ class RunConfig:
         if self.shift_size < 0:
             self.shift_size = DEFAULT_SHIFT[self.task][1]
         if self.shift != "trigger" and self.shift not in task.shift_directions:
-            raise ValueError(f"shift={self.shift!r} is unknown for task {self.task}; allowed: trigger, "
+            raise UserError(f"shift={self.shift!r} is unknown for task {self.task}; allowed: trigger, "
                              f"{', '.join(task.shift_directions)}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule={self.schedule!r} is unknown; allowed: {', '.join(SCHEDULES)}")
         if self.shift == "trigger" and self.schedule not in ("none", "sharp"):
-            raise ValueError(f"schedule={self.schedule!r} is not available with shift=trigger; allowed: none, sharp")
+            raise UserError(f"schedule={self.schedule!r} is not available with shift=trigger; allowed: none, sharp")
         steps = self.explain.steps
         if not 0 <= self.shift_at < steps:
-            raise ValueError(f"shift_at={self.shift_at} must lie in [0, {steps - 1}] (explanation steps {steps})")
+            raise UserError(f"shift_at={self.shift_at} must lie in [0, {steps - 1}] (explanation steps {steps})")
         if self.schedule == "gradual" and not 1 <= self.ramp_steps <= steps - self.shift_at:
-            raise ValueError(f"ramp_steps={self.ramp_steps} must lie in [1, {steps - self.shift_at}] "
+            raise UserError(f"ramp_steps={self.ramp_steps} must lie in [1, {steps - self.shift_at}] "
                              f"(the steps left after shift_at={self.shift_at})")
         if self.schedule == "oscillating" and not self.shift_at < self.back_at < steps:
-            raise ValueError(f"back_at={self.back_at} must lie in [{self.shift_at + 1}, {steps - 1}] (after "
+            raise UserError(f"back_at={self.back_at} must lie in [{self.shift_at + 1}, {steps - 1}] (after "
                              f"shift_at={self.shift_at}, before the last step)")
-        check_fraction("shift_size", self.shift_size)
-        check_fraction("label_noise", self.label_noise)
-        check_fraction("other_labels", self.other_labels)
-        for name in ("n_explain", "n_eval", "n_kl_prompts"):
-            check_positive(name, getattr(self, name))
+        if self.explain.lora_rank > self.pretrain.n_embd:
+            raise UserError(f"lora_rank={self.explain.lora_rank} must be at most the model width "
+                             f"n_embd={self.pretrain.n_embd}")
 
     @property
     def name(self):
@@ -185,7 +189,7 @@ def config_from_dict(saved):
     full = with_defaults(saved, RunConfig)
     for name, off in REMOVED_PRETRAIN_FIELDS.items():
         if full["pretrain"].get(name, off) != off:
-            raise ValueError(f"made with {name}={full['pretrain'][name]}, a setting since removed")
+            raise UserError(f"made with {name}={full['pretrain'][name]}, a setting since removed")
     known = lambda cls, d: {f.name: d[f.name] for f in fields(cls) if f.name in d}
     return RunConfig(**{k: v for k, v in known(RunConfig, full).items() if k not in ("pretrain", "explain")},
                      pretrain=PretrainConfig(**known(PretrainConfig, full["pretrain"])),
@@ -240,6 +244,16 @@ def frozen_labels(cfg: RunConfig, task, split, m0, runs_dir=None, log=print):
         labels, flipped = add_label_noise(task, labels, with_c, cfg.label_noise, rng(cfg.seed, "label_noise"))
         counts["label_noise_flipped"] = len(flipped)
     return labels, other, counts
+
+
+def check_feasible(cfg: RunConfig):
+    """(task, split) of a run, or a UserError if the task cannot supply its items or its shift: checked
+    before anything is trained, for one run and for every run of a suite."""
+    task = get_task(cfg.task)
+    split = task.split(cfg.seed, cfg.n_explain, cfg.n_eval)
+    if cfg.schedule != "none" and cfg.shift != "trigger":
+        task.shift(split.world, rng(cfg.seed, "shift_units"), split.heldout_units, cfg.shift_size, cfg.shift)
+    return task, split
 
 
 def held_out(cfg: RunConfig, task, split):
@@ -329,15 +343,17 @@ class Evaluator:
 def run_coupling(cfg: RunConfig, out_path=None, runs_dir=None, log=print):
     """One coupling run, the paper's steps in order; returns the result dict (also written to out_path,
     with the final explainer beside it, which analyse_run and show read)."""
-    t0, task = time.time(), get_task(cfg.task)
-    split = task.split(cfg.seed, cfg.n_explain, cfg.n_eval)
+    t0 = time.time()
+    # The items: explanation items from one half of the units, held-out pairs from the other, and the
+    # concurrent shift of some held-out units' behaviour (all refused here, before any training, if the
+    # task cannot supply them).
+    task, split = check_feasible(cfg)
+    probed, eval_items = held_out(cfg, task, split)
+    phases, shifted = shift_schedule(cfg, task, probed, split)
     # M0: the starting model, trained from scratch on the task's behaviour (or loaded).
     m0, m0_report = pretrain(cfg.pretrain, m0_path(cfg.pretrain, runs_dir), log=log)
     # Stage A: B(M0) on the explanation items gives the frozen labels E(M0), never refreshed.
     train_labels, other, label_counts = frozen_labels(cfg, task, split, m0, runs_dir, log)
-    # The held-out pairs, and the concurrent shift of some held-out units' behaviour.
-    probed, eval_items = held_out(cfg, task, split)
-    phases, shifted = shift_schedule(cfg, task, probed, split)
     evaluate = Evaluator(cfg, probed, eval_items, m0, phases, split, other, log)
     # Stage B: learn to explain on the frozen labels, KL to M0 on task prompts, the shift alongside;
     # Self and Orig are measured every eval_every steps.
@@ -367,16 +383,26 @@ def explainer_path(result_path):
 # ---------------------------------------------------------------------------------------------------------
 # Result files and the command line of one run
 
+RESULT_KEYS = ("config", "provenance", "m0", "data", "baseline", "final", "curve", "seconds")
+EVALUATION_KEYS = ("step", "self", "orig", "gap", "n_flipped", "self_flipped", "orig_flipped", "agreement",
+                   "malformed", "task_accuracy", "shift_learned", "n_became_changed", "self_became_changed",
+                   "n_became_unchanged", "self_became_unchanged")
+
+
 def read_result(path):
-    """A result file, refused in one line if it is not one."""
+    """A result file, checked whole before any report uses it; refused in one line naming the file."""
     try:
         with open(path) as f:
             result = json.load(f)
+        missing = [k for k in RESULT_KEYS if k not in result] or \
+                  [f"{k} of an evaluation" for p in [result["final"], *result["curve"]] for k in EVALUATION_KEYS
+                   if k not in p or not (p[k] is None or isinstance(p[k], (int, float)))][:1]
+        if missing or not result["curve"]:
+            raise KeyError(", ".join(missing) or "curve")
         config_from_dict(result["config"])
-        result["final"]["gap"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{path} is not a readable result file ({type(err).__name__}: {err}); delete it or "
-                         f"run it again") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise UserError(f"{path} is not a readable result file ({type(err).__name__}: {err}); delete it or "
+                        f"run it again") from None
     return result
 
 
@@ -386,21 +412,18 @@ def check_out_path(out, cfg: RunConfig, runs_dir=None):
     out_abs, runs_dir = os.path.abspath(out), os.path.abspath(runs_dir or train.RUNS_DIR)
     inside = lambda folder: os.path.commonpath([out_abs, os.path.abspath(folder)]) == os.path.abspath(folder)
     if inside(REFERENCE) or inside(os.path.join(runs_dir, "checkpoints")):
-        raise ValueError(f"--out={out} is inside the published reference ({REFERENCE}) or the checkpoints "
+        raise UserError(f"--out={out} is inside the published reference ({REFERENCE}) or the checkpoints "
                          f"({runs_dir}/checkpoints); choose a path elsewhere, e.g. under {runs_dir}/results")
     if os.path.isdir(out) or not out.endswith(".json"):
-        raise ValueError(f"--out={out} must be a .json file path, not a folder")
+        raise UserError(f"--out={out} must be a .json file path, not a folder")
     if os.path.exists(out):
         try:
             same = identity(read_result(out)["config"]) == identity(cfg)
         except ValueError:
             same = False
         if not same:
-            raise ValueError(f"--out={out} exists and is not a result of this run; choose another path")
-    folder = os.path.dirname(out_abs)
-    os.makedirs(folder, exist_ok=True)
-    if not os.access(folder, os.W_OK):
-        raise ValueError(f"--out={out}: folder {folder} is not writable; choose another path")
+            raise UserError(f"--out={out} exists and is not a result of this run; choose another path")
+    check_writable(os.path.dirname(out_abs), f"--out={out}")
 
 
 RUNTIME_FLAGS = ("device", "threads", "checkpoint_every")  # PretrainConfig's runtime settings, flags of their own
@@ -429,8 +452,8 @@ def config_from_args(args):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description="One introspective-coupling run, printed live; its result and "
-                                                 "final explainer are saved in your store (runs/).")
+    parser = Parser(description="One introspective-coupling run, printed live; its result and final explainer "
+                                "are saved in your store (runs/).")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="one coupling run")
     add_run_flags(run)
@@ -441,18 +464,18 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:  # user errors are one line; anything else is a bug and shows its traceback
+
+    def work():
         cfg = config_from_args(args)
         out = args.out or os.path.join(train.RUNS_DIR, "results", "runs", cfg.task, f"{cfg.name}.json")
         check_out_path(out, cfg)
         pick_device(cfg.pretrain.device)
-    except ValueError as err:
-        parser.exit(2, f"error: {err}\n")
-    result = run_coupling(cfg, out)
-    f = result["final"]
-    print(f"final: Self {f['self']:.3f}, Orig {f['orig']:.3f}, gap {f['gap']:+.3f}, {f['n_flipped']} flipped "
-          f"(Self@flipped {f['self_flipped']:.2f}) -> {out}\nits explanations, item by item: python "
-          f"experiments.py show (with the same flags)")
+        result = run_coupling(cfg, out)
+        f = result["final"]
+        print(f"final: Self {f['self']:.3f}, Orig {f['orig']:.3f}, gap {f['gap']:+.3f}, {f['n_flipped']} flipped "
+              f"(Self@flipped {f['self_flipped']:.2f}) -> {out}\nits explanations, item by item: python "
+              f"experiments.py show (with the same flags)")
+    run_command(parser, work)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ writes the reference.
     python experiments.py show --task hint        one saved run's explanations, item by item
     python experiments.py publish                 maintainers: your results into the reference, reports rebuilt
 """
-import argparse
 import concurrent.futures
 import glob
 import multiprocessing
@@ -22,20 +21,22 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import train
-from config import check_positive
+from config import (SEED_MAX, Parser, UserError, allowed_text, check_choice, check_positive, check_range, check_writable,
+                    run_command)
 from data import TASKS, get_task
 import numpy as np
 
-from eval import (REFERENCE, RunConfig, add_run_flags, config_from_args, config_from_dict, explainer_path, held_out,
-                  identity, is_kl, pretrained_models, read_result, run_coupling)
+from eval import (REFERENCE, RunConfig, add_run_flags, check_feasible, config_from_args,
+                  config_from_dict, explainer_path, held_out, identity, is_kl, pretrained_models, read_result,
+                  run_coupling)
 from explain import (behaviour, current_labels, explain, explanation_query, explanation_text, labels_from_behaviour,
                      probe_explainer)
 from patching import patching_effects
 from model import GPT, GPTConfig, pick_device
-from report import comparison, group, main_table, write_report, write_text
+from report import comparison, group, main_table, markdown_table, write_report, write_text
 from train import REPO, ExplainConfig, PretrainConfig, load_checkpoint, m0_path, pretrain, write_json
 
 MAIN_TASKS = ("hint", "judgement", "refusal")
@@ -233,8 +234,14 @@ def run_suites(suites, jobs=1):
     run starts as soon as its models are ready. Each run is deterministic on its own, so the results do
     not depend on jobs or on the order."""
     from tqdm import tqdm
-    check_positive("jobs", jobs)
-    check_writable(store())
+    check_positive("jobs", jobs, high=256)
+    check_writable(store(), "your store")
+    checked = set()
+    for cfg in (cfg for _, configs, _ in suites for cfg in configs):  # before the first run starts
+        key = (cfg.task, cfg.seed, cfg.n_explain, cfg.n_eval, cfg.schedule, cfg.shift, cfg.shift_size)
+        if key not in checked:
+            check_feasible(cfg)
+            checked.add(key)
     t0, results, todo = time.time(), {}, {}
     asked = [[(cfg, result_path(experiment, cfg)) for cfg in configs] for experiment, configs, _ in suites]
     names = list(dict.fromkeys(experiment for experiment, *_ in suites))
@@ -290,16 +297,6 @@ def run_suites(suites, jobs=1):
     return [[results[path] for _, path in runs] for runs in asked]
 
 
-def check_writable(folder):
-    """Refuse a folder that cannot be written before any work is done, not after it."""
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"folder {folder} cannot be created ({err.strerror}); fix its permissions") from None
-    if not os.access(folder, os.W_OK):
-        raise ValueError(f"folder {folder} is not writable; fix its permissions")
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Reports: yours beside the reference, and the reference itself
 
@@ -328,7 +325,23 @@ def report_yours(mine, command):
     print(f"Your report: {shown}. One run's explanations, item by item: make show TASK=hint SEED=0")
 
 
-README_MARKERS = ("<!-- main table: written by make publish -->", "<!-- end of main table -->")
+def ranges_table():
+    """Markdown: every setting of a run with its allowed values, one row per config (README, Reliability)."""
+    rows = [[name, "; ".join(f"`{f.name}` {allowed_text(f)}" for f in fields(cls) if f.name not in ("pretrain", "explain"))]
+            for name, cls in (("run", RunConfig), ("explanation stage", ExplainConfig), ("M0", PretrainConfig))]
+    return markdown_table(["settings of", "allowed values"], rows)
+
+
+def fill_readme(blocks):
+    """Replace each generated block of README.md ({name: markdown}) between its two marker lines."""
+    path = os.path.join(REPO, "README.md")
+    text = open(path).read()
+    for name, content in blocks.items():
+        start, end = f"<!-- {name}: written by make publish -->", f"<!-- end of {name} -->"
+        if start not in text or end not in text:
+            raise UserError(f"README.md lacks the markers of its {name}: {start} ... {end}")
+        text = text[: text.index(start) + len(start)] + "\n" + content + "\n" + text[text.index(end):]
+    write_text(text, path)
 
 
 def publish(experiments):
@@ -351,12 +364,8 @@ def publish(experiments):
     about = open(about).read().strip() + "\n\n" if os.path.exists(about) else ""
     write_report(results, os.path.join(REPO, "REPORT.md"), os.path.join(REPO, "figures"),
                  sweeps=saved_sweeps(store(reference=True)), about=about, command="make publish")
-    readme = os.path.join(REPO, "README.md")
-    text = open(readme).read()
-    start, end = (text.index(marker) for marker in README_MARKERS)
-    write_text(text[: start + len(README_MARKERS[0])] + "\n" + main_table(group(results))
-               + "\n" + text[end:], readme)
-    print("rebuilt REPORT.md, figures/ and the README's main table from results/")
+    fill_readme({"main table": main_table(group(results)), "ranges": ranges_table()})
+    print("rebuilt REPORT.md, figures/ and the README's main table and ranges from results/ and the code")
 
 
 def load_paths(folder):
@@ -372,7 +381,7 @@ def find_result(cfg: RunConfig, runs_dir=None):
     pattern = os.path.join(runs_dir or train.RUNS_DIR, "results", "*", cfg.task, f"{cfg.name}.json")
     found = sorted(glob.glob(pattern))
     if not found:
-        raise ValueError(f"no saved run of {cfg.task} {cfg.name} under {os.path.dirname(os.path.dirname(pattern))}; "
+        raise UserError(f"no saved run of {cfg.task} {cfg.name} under {os.path.dirname(os.path.dirname(pattern))}; "
                          f"run it first (python eval.py run, make quick or make reproduce, same flags)")
     return found[0]
 
@@ -406,7 +415,8 @@ def show(cfg: RunConfig, n=3, runs_dir=None, out=print):
 # Command line
 
 def parse_list(text, name, kind):
-    """"a,b,c" -> [a, b, c], with a one-line error naming the bad value; for integers "0-9" is a range."""
+    """"a,b,c" -> [a, b, c], with a one-line error naming the bad value; for integers (seeds, each in
+    [0, SEED_MAX]) "0-9" is a range."""
     try:
         values = []
         for v in (v.strip() for v in text.split(",") if v.strip()):
@@ -414,17 +424,20 @@ def parse_list(text, name, kind):
             values += list(range(int(low), int(high) + 1)) if kind is int and dash and low else [kind(v)]
     except ValueError:
         allowed = "integers or ranges like 0-9" if kind is int else f"{kind.__name__} values"
-        raise ValueError(f"--{name}={text!r} must be a comma-separated list of {allowed}") from None
+        raise UserError(f"--{name}={text!r} must be a comma-separated list of {allowed}") from None
     if not values:
-        raise ValueError(f"--{name}={text!r} names nothing; give at least one value (a range is low-high, low <= high)")
+        raise UserError(f"--{name}={text!r} names nothing; give at least one value (a range is low-high, low <= high)")
     for task in values if name == "tasks" else ():
         get_task(task)
+    for seed in values if kind is int else ():
+        check_range(f"--{name}: seed", seed, 0, SEED_MAX, integer=True)
+    if len(values) > 1000:
+        raise UserError(f"--{name}={text!r} names {len(values)} values; at most 1000")
     return values
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description="Introspective coupling experiments: compute yours, compare "
-                                                 "with the reference.")
+    parser = Parser(description="Introspective coupling experiments: compute yours, compare with the reference.")
     sub = parser.add_subparsers(dest="command", required=True)
     quick = sub.add_parser("quick", help="hint, seed 0, with and without KL, beside the reference")
     reproduce = sub.add_parser("reproduce", help="the main result: 3 tasks x seeds x (KL, no KL), beside the "
@@ -439,13 +452,13 @@ def build_parser():
     everything = sub.add_parser("reproduce-all", help="the main result (seeds 0-2), then every sweep")
     for p in (quick, reproduce, sweep, everything):
         p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
-        p.add_argument("--jobs", type=int, default=0, help="runs in parallel (default: one per CPU core; on "
-                       "CUDA up to 4)")
+        p.add_argument("--jobs", type=int, default=0, help="runs in parallel, 1 to 256 (default: one per CPU "
+                       "core; on CUDA up to 4)")
     sub.add_parser("report", help="your report again, from your saved results, beside the reference")
     look = sub.add_parser("show", help="a saved run's explanations on flipped and unflipped held-out items "
                           "(the same flags as eval.py run pick the run)")
     add_run_flags(look)
-    look.add_argument("--n", type=int, default=3, help="items of each kind to print")
+    look.add_argument("--n", type=int, default=3, help="items of each kind to print, 1 to 1000")
     publish_cmd = sub.add_parser("publish", help="maintainers: copy your results into the reference, rebuild "
                                  "its reports")
     publish_cmd.add_argument("--experiments", default="", help="comma-separated experiments to copy (main or a "
@@ -456,41 +469,41 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:  # user errors are one line; anything else is a bug and shows its traceback
-        device = getattr(args, "device", "auto")
-        jobs = (args.jobs or default_jobs(device)) if hasattr(args, "jobs") else 1
-        check_positive("jobs", jobs)
-        if args.command == "show":
-            check_positive("n", args.n)
-            return show(config_from_args(args), args.n)
-        if args.command in ("quick", "reproduce"):
-            tasks = ("hint",) if args.command == "quick" else MAIN_TASKS
-            seeds = (0,) if args.command == "quick" else (parse_list(args.seeds, "seeds", int) if args.seeds
-                                                          else default_seeds(device))
-            suite = [("main", main_configs(tasks, seeds, device), True)]
-        elif args.command == "sweep":
-            tasks = parse_list(args.tasks, "tasks", str) if args.tasks else None
-            suite = [(args.name, sweep_configs(args.name, tasks, parse_list(args.seeds, "seeds", int), device), False)]
-        elif args.command == "reproduce-all":
-            suite = [("main", main_configs(device=device), True)] + \
-                    [(name, sweep_configs(name, device=device), False) for name in SWEEPS]
-        elif args.command == "publish":
-            names = parse_list(args.experiments, "experiments", str) if args.experiments else []
-            unknown = [n for n in names if n != "main" and n not in SWEEPS]
-            if unknown:
-                raise ValueError(f"--experiments: {', '.join(unknown)} unknown; allowed: main, {', '.join(SWEEPS)}")
-            return publish(names)
-        else:
-            suite = []
-            if not os.path.isdir(store()):
-                raise ValueError(f"no results of yours under {store()}; run `make quick` or `make reproduce` first")
-    except ValueError as err:
-        parser.exit(2, f"error: {err}\n")
+    command = "python experiments.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    run_command(parser, lambda: run(args, command))
+
+
+def run(args, command):
+    """What a command asks for, all of it checked before the first run starts."""
+    device = getattr(args, "device", "auto")
+    jobs = check_positive("jobs", args.jobs or default_jobs(device), high=256) if hasattr(args, "jobs") else 1
+    if args.command == "show":
+        return show(config_from_args(args), check_positive("n", args.n, high=1000))
+    if args.command == "publish":
+        names = parse_list(args.experiments, "experiments", str) if args.experiments else []
+        for name in names:
+            check_choice("--experiments", name, ("main", *SWEEPS))
+        return publish(names)
+    if args.command in ("quick", "reproduce"):
+        seeds = (0,) if args.command == "quick" else \
+            parse_list(args.seeds, "seeds", int) if args.seeds else default_seeds(device)
+        suite = [("main", main_configs(("hint",) if args.command == "quick" else MAIN_TASKS, seeds, device), True)]
+    elif args.command == "sweep":
+        tasks = parse_list(args.tasks, "tasks", str) if args.tasks else None
+        suite = [(args.name, sweep_configs(args.name, tasks, parse_list(args.seeds, "seeds", int), device), False)]
+    elif args.command == "reproduce-all":
+        suite = [("main", main_configs(device=device), True)] + \
+                [(name, sweep_configs(name, device=device), False) for name in SWEEPS]
+    else:  # report
+        suite = []
+        if not os.path.isdir(store()):
+            raise UserError(f"no results of yours under {store()}; run `make quick` or `make reproduce` first")
+    pick_device(device)
     results = run_suites(suite, jobs) if suite else []
     # quick and reproduce report the runs they asked for; the others every current main run of yours
     mine = results[0] if args.command in ("quick", "reproduce") else \
         current_main_runs(load_results(os.path.join(store(), "main")))
-    report_yours(mine, "python experiments.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    report_yours(mine, command)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from config import UserError
+
 
 @dataclass
 class GPTConfig:
@@ -28,11 +30,11 @@ class GPTConfig:
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"GPTConfig.{name}={getattr(self, name)} must be a positive integer")
+                raise UserError(f"GPTConfig.{name}={getattr(self, name)} must be a positive integer")
         if self.n_embd % self.n_head:
-            raise ValueError(f"GPTConfig.n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+            raise UserError(f"GPTConfig.n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
         if self.lora_rank < 0:
-            raise ValueError(f"GPTConfig.lora_rank={self.lora_rank} must be 0 (off) or a positive integer")
+            raise UserError(f"GPTConfig.lora_rank={self.lora_rank} must be 0 (off) or a positive integer")
 
 
 class LoRALinear(nn.Linear):
@@ -201,6 +203,9 @@ class GPT(nn.Module):
         return [row[n - max_new_tokens: n].tolist() for row, n in zip(idx.cpu(), lengths.tolist())]
 
 
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
 def pick_device(name="auto"):
     """The one place a device is chosen: CUDA, then Apple MPS, then CPU, unless named."""
     if name == "auto":
@@ -211,9 +216,9 @@ def pick_device(name="auto"):
         return torch.device("cpu")
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if name not in available:
-        raise ValueError(f"device={name!r} is unknown; allowed: auto, cpu, cuda, mps")
+        raise UserError(f"device={name!r} is unknown; allowed: {', '.join(DEVICES)}")
     if not available[name]:
-        raise ValueError(f"device={name!r} is not available on this machine; use auto or cpu")
+        raise UserError(f"device={name!r} is not available on this machine; use auto or cpu")
     return torch.device(name)
 
 

@@ -17,12 +17,12 @@ evaluation just before it shifts back (step back_at), when the shift is at its l
     python eval.py run --task refusal --schedule sharp --shift-size 0.3 --label-noise 0.2 --seed 3
                                   one stress run of your own, printed live
 """
-import argparse
 import os
 
 import numpy as np
 
 import train
+from config import Parser, UserError, check_positive, run_command
 from eval import (DEFAULT_SHIFT, SCHEDULES as ALL_SCHEDULES, RunConfig, config_from_dict, is_coupled, is_kl, mean_ci,
                   write_json)
 from experiments import default_jobs, load_results, result_path, run_suites, saved_result, store
@@ -269,24 +269,25 @@ def publish():
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Stress tests: phase diagrams, probes, the two-hop task.")
+    parser = Parser(description="Stress tests: phase diagrams, probes, the two-hop task.")
     parser.add_argument("command", nargs="?", default="run", choices=("run", "report", "publish"),
                         help="run: compute what is missing in your store, then report; report: your report "
                              "again; publish (maintainers): your results into the reference")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
-    parser.add_argument("--jobs", type=int, default=0, help="runs in parallel (default: one per CPU core; on "
-                        "CUDA up to 4)")
+    parser.add_argument("--jobs", type=int, default=0, help="runs in parallel, 1 to 256 (default: one per CPU "
+                        "core; on CUDA up to 4)")
     args = parser.parse_args(argv)
-    try:  # user errors are one line; anything else is a bug and shows its traceback
-        jobs = args.jobs or default_jobs(args.device)
-        headline, grid = stress_configs(args.device)
-        folder = os.path.join(store(), EXPERIMENT)
-        if args.command == "report" and not os.path.isdir(folder):
-            raise ValueError(f"no stress results of yours under {folder}; run `make stress` first")
-    except ValueError as err:
-        parser.exit(2, f"error: {err}\n")
+    run_command(parser, lambda: run(args))
+
+
+def run(args):
     if args.command == "publish":
         return publish()
+    jobs = check_positive("jobs", args.jobs or default_jobs(args.device), high=256)
+    headline, grid = stress_configs(args.device)
+    folder = os.path.join(store(), EXPERIMENT)
+    if args.command == "report" and not os.path.isdir(folder):
+        raise UserError(f"no stress results of yours under {folder}; run `make stress` first")
     if args.command == "run":
         run_suites([(EXPERIMENT, headline, True), (EXPERIMENT, grid, False)], jobs)
     write_stress_report(load_results(folder), os.path.join(train.RUNS_DIR, "STRESS.md"),

@@ -14,7 +14,6 @@ runs/checkpoints/ (m0_path), and resumes on another device or thread count.
 
 Pretrain M0 from the command line:  python train.py --task hint --seed 0
 """
-import argparse
 import hashlib
 import json
 import math
@@ -29,9 +28,10 @@ import tiktoken
 import torch
 import torch.nn.functional as F
 
-from config import add_config_flags, check_fraction, check_positive, config_from_flags, option, science, with_defaults
+from config import (SEED_MAX, Parser, UserError, add_config_flags, check_positive, check_ranges, check_writable,
+                    config_from_flags, option, run_command, science, with_defaults)
 from data import N_UNITS, TASKS, TOKENIZER, get_task, rng, tokenizer_fingerprint, unit_token_ids
-from model import GPT, GPTConfig, pick_device, processors
+from model import DEVICES, GPT, GPTConfig, pick_device, processors
 
 BLOCK_SIZE = 48
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -83,16 +83,16 @@ def save_checkpoint(path, model, optimizer, config, step, **extra):
 def load_checkpoint(path, device="cpu"):
     """Read a checkpoint, refusing one that is missing, unreadable or made with another tokenizer."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pretrain it first (python train.py)")
+        raise UserError(f"checkpoint {path} does not exist; pretrain it first (python train.py)")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=False)
     except Exception as err:
-        raise ValueError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}); delete it "
+        raise UserError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}); delete it "
                          f"and train again") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "tokenizer" not in ckpt:
-        raise ValueError(f"checkpoint {path} is not a checkpoint of this project")
+        raise UserError(f"checkpoint {path} is not a checkpoint of this project")
     if ckpt["tokenizer"] != tokenizer_fingerprint():
-        raise ValueError(f"checkpoint {path} was made with tokenizer {ckpt['tokenizer']}, but this code's "
+        raise UserError(f"checkpoint {path} was made with tokenizer {ckpt['tokenizer']}, but this code's "
                          f"tokenizer is {tokenizer_fingerprint()}; retrain it")
     return ckpt
 
@@ -139,7 +139,7 @@ def check_finite(loss, step, stage, lower):
     """Stop at the first loss that is nan or infinite (every later step would be wasted), saying what to
     lower."""
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"{stage}: the loss became {loss.item()} at step {step}; lower {lower}")
+        raise UserError(f"{stage}: the loss became {loss.item()} at step {step}; lower {lower}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -147,29 +147,28 @@ def check_finite(loss, step, stage, lower):
 
 @dataclass
 class PretrainConfig:
-    task: str = option("hint", f"the task M0 learns: one of {', '.join(TASKS)}")
-    seed: int = option(0, "initialisation and batches")
-    world_seed: int = option(-1, "the task's world (its facts); -1: the same as seed")
-    world_variation: float = option(0.0, "fraction of units whose facts differ from that world (how "
-                                         "another model family's world is made)")
-    steps: int = option(600, "pretraining steps")
-    batch_size: int = option(128, "cases per step")
-    lr: float = option(5e-3, "peak learning rate")
-    warmup: int = option(50, "steps of linear warm-up before the cosine decay")
-    n_layer: int = option(2, "transformer blocks")
-    n_head: int = option(4, "attention heads per block")
-    n_embd: int = option(64, "width of the residual stream")
-    threads: int = option(1, "CPU threads; one per run, and a suite runs one run per core", runtime=True)
-    device: str = option("auto", "auto, cpu, cuda or mps", runtime=True)
-    checkpoint_every: int = option(200, "steps between checkpoints a killed run resumes from", runtime=True)
+    task: str = option("hint", "the task M0 learns", choices=TASKS)
+    seed: int = option(0, "initialisation and batches", 0, SEED_MAX)
+    world_seed: int = option(-1, "the task's world (its facts); -1: the same as seed", -1, SEED_MAX)
+    world_variation: float = option(0.0, "fraction of units whose facts differ from that world (how another "
+                                         "model family's world is made)", 0.0, 1.0)
+    steps: int = option(600, "pretraining steps", 1, 100_000)
+    batch_size: int = option(128, "cases per step", 1, 4096)
+    lr: float = option(5e-3, "peak learning rate", 1e-6, 1.0)
+    warmup: int = option(50, "steps of linear warm-up before the cosine decay", 0, 100_000)
+    n_layer: int = option(2, "transformer blocks", 1, 12)
+    n_head: int = option(4, "attention heads per block (n_embd / n_head must be even: rotary)", 1, 32)
+    n_embd: int = option(64, "width of the residual stream", 2, 1024)
+    threads: int = option(1, "CPU threads; one per run, and a suite runs one run per core", 1, 256, runtime=True)
+    device: str = option("auto", "where to train", choices=DEVICES, runtime=True)
+    checkpoint_every: int = option(200, "steps between checkpoints a killed run resumes from", 1, 100_000,
+                                   runtime=True)
 
     def __post_init__(self):
-        get_task(self.task)
-        for name in ("steps", "batch_size", "n_layer", "n_head", "n_embd", "threads", "checkpoint_every"):
-            check_positive(name, getattr(self, name))
-        if not self.lr > 0:
-            raise ValueError(f"lr={self.lr} must be positive")
-        check_fraction("world_variation", self.world_variation)
+        check_ranges(self)
+        if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
+            raise UserError(f"n_embd={self.n_embd} must be n_head={self.n_head} times an even head dimension "
+                             f"(rotary embeddings rotate pairs)")
 
 
 # Fields PretrainConfig no longer has, with the value that computed what the code computes now: a
@@ -281,7 +280,7 @@ def pretrain(cfg: PretrainConfig, path, log=print):
         differ += [f"{name} {saved[name]!r} there, removed here" for name, off in REMOVED_PRETRAIN_FIELDS.items()
                    if saved.get(name, off) != off]
         if differ:
-            raise ValueError(f"checkpoint {path} was made with another config ({', '.join(differ)}); delete "
+            raise UserError(f"checkpoint {path} was made with another config ({', '.join(differ)}); delete "
                              f"it or choose another output path")
         unwrap(model).load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -317,40 +316,30 @@ SHIFT_IN = ("all", "units", "layers")
 
 @dataclass
 class ExplainConfig:
-    steps: int = option(300, "explanation training steps")
-    # chosen on fresh seeds 30-34 against 3e-3 (README, "How this regime was found")
-    lr: float = option(5e-3, "peak learning rate")
-    explain_batch: int = option(128, "explanation sequences per step")
-    shift_batch: int = option(128, "shift cases per step")
-    kl_batch: int = option(64, "KL prompts per step")
-    # chosen on fresh seeds 20-24 (README, "Choosing the KL weight")
-    kl_weight: float = option(3.0, "weight of KL(current || M0) on the KL prompts' answers (0: no KL term)")
-    warmup: int = option(30, "steps of linear warm-up before the cosine decay")
-    grad_clip: float = option(1.0, "largest gradient norm (0: no clipping)")
-    eval_every: int = option(50, "steps between evaluations")
-    lora_rank: int = option(0, "0: full fine-tuning; r > 0: only rank-r adapters and the embedding train")
-    # Chosen on fresh seeds 50-59 (README). Results saved before the field existed were made without decay.
-    weight_decay: float = option(0.1, "AdamW's weight decay, on every trained weight", absent_means=0.0)
-    # README, "Where coupling runs"
+    steps: int = option(300, "explanation training steps", 1, 100_000)
+    # chosen on fresh seeds 30-34 against 3e-3 (EXPLORATION.md)
+    lr: float = option(5e-3, "peak learning rate", 1e-6, 1.0)
+    explain_batch: int = option(128, "explanation sequences per step", 1, 4096)
+    shift_batch: int = option(128, "shift cases per step", 1, 4096)
+    kl_batch: int = option(64, "KL prompts per step", 1, 4096)
+    # chosen on fresh seeds 20-24 (EXPLORATION.md)
+    kl_weight: float = option(3.0, "weight of KL(current || M0) on the KL prompts' answers (0: no KL term)",
+                              0.0, 1000.0)
+    warmup: int = option(30, "steps of linear warm-up before the cosine decay", 0, 100_000)
+    grad_clip: float = option(1.0, "largest gradient norm (0: no clipping)", 0.0, 1000.0)
+    eval_every: int = option(50, "steps between evaluations", 1, 100_000)
+    lora_rank: int = option(0, "0: full fine-tuning; r > 0: only rank-r adapters and the embedding train "
+                               "(at most the model width)", 0, 1024)
+    # Chosen on fresh seeds 50-59 (EXPLORATION.md). Results saved before the field existed were made without decay.
+    weight_decay: float = option(0.1, "AdamW's weight decay, on every trained weight", 0.0, 10.0, absent_means=0.0)
+    # EXPLORATION.md, "Where coupling runs"
     shift_in: str = option("all", "where the concurrent shift may be written: all weights; units: its "
                                   "gradient reaches only the unit words' embeddings; layers: those embeddings "
-                                  "stay at M0's values under every loss, so the shift lives in the layers")
+                                  "stay at M0's values under every loss, so the shift lives in the layers",
+                           choices=SHIFT_IN)
 
     def __post_init__(self):
-        for name in ("steps", "explain_batch", "shift_batch", "kl_batch", "eval_every"):
-            check_positive(name, getattr(self, name))
-        if self.lora_rank < 0:
-            raise ValueError(f"lora_rank={self.lora_rank} must be 0 (full fine-tuning) or a positive integer")
-        if self.warmup < 0:
-            raise ValueError(f"warmup={self.warmup} must be >= 0")
-        if not self.lr > 0:
-            raise ValueError(f"lr={self.lr} must be positive")
-        if not self.kl_weight >= 0:
-            raise ValueError(f"kl_weight={self.kl_weight} must be >= 0")
-        if self.shift_in not in SHIFT_IN:
-            raise ValueError(f"shift_in={self.shift_in!r} is unknown; allowed: {', '.join(SHIFT_IN)}")
-        if not self.weight_decay >= 0:
-            raise ValueError(f"weight_decay={self.weight_decay} must be >= 0")
+        check_ranges(self)
 
 
 def explainer_from(m0, lora_rank=0):
@@ -461,19 +450,22 @@ def train_explainer(model, cfg: ExplainConfig, seed, explain_data, shift_phases,
 # ---------------------------------------------------------------------------------------------------------
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Pretrain M0 on a task's behaviour.")
-    parser.add_argument("--out", default=None, help="checkpoint path (default: runs/checkpoints/TASK/seedSEED/"
-                                                    "m0_DIGEST.pt, one per variant of the settings)")
+    parser = Parser(description="Pretrain M0 on a task's behaviour.")
+    parser.add_argument("--out", default=None, help="checkpoint path ending in .pt (default: runs/checkpoints/TASK/"
+                                                    "seedSEED/m0_DIGEST.pt, one per variant of the settings)")
     add_config_flags(parser, PretrainConfig)
     args = vars(parser.parse_args(argv))
-    try:
+
+    def work():
         cfg = config_from_flags(args, PretrainConfig)
-    except ValueError as err:
-        parser.error(str(err))
-    path = args["out"] or m0_path(cfg)
-    _, report = pretrain(cfg, path)
-    print(f"{cfg.task} seed {cfg.seed}: accuracy with C {report['accuracy_with_c']:.3f}, without C "
-          f"{report['accuracy_without_c']:.3f}, {report['seconds']} s, {report['n_params']} parameters -> {path}")
+        path = args["out"] or m0_path(cfg)
+        if not path.endswith(".pt") or os.path.isdir(path):
+            raise UserError(f"--out={path} must be a checkpoint file path ending in .pt")
+        check_writable(os.path.dirname(os.path.abspath(path)), f"--out={path}")
+        _, report = pretrain(cfg, path)
+        print(f"{cfg.task} seed {cfg.seed}: accuracy with C {report['accuracy_with_c']:.3f}, without C "
+              f"{report['accuracy_without_c']:.3f}, {report['seconds']} s, {report['n_params']} parameters -> {path}")
+    run_command(parser, work)
 
 
 if __name__ == "__main__":

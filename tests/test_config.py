@@ -17,13 +17,14 @@ class Outer:  # a config with a nested one, as a run's config holds both stages'
 
 
 @pytest.mark.parametrize("cls", [PretrainConfig, ExplainConfig])
-def test_every_field_has_help_and_every_flag_shows_its_default(cls):
+def test_every_field_has_help_and_every_flag_shows_its_default_and_range(cls):
     assert all(f.metadata.get("help") for f in fields(cls))
+    assert all("range" in f.metadata or "choices" in f.metadata for f in fields(cls))
     parser = argparse.ArgumentParser()
     config.add_config_flags(parser, cls)
     flags = [a for a in parser._actions if a.dest != "help"]
     assert len(flags) == len(fields(cls))
-    assert all(a.help.endswith(f"(default: {a.default})") for a in flags)
+    assert all(f"(default: {a.default}; allowed: " in a.help for a in flags)
 
 
 def test_flags_parse_into_the_config_with_a_prefix_and_skipped_fields():

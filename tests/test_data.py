@@ -129,13 +129,13 @@ def test_shift_edits_only_the_chosen_held_out_units(name):
 
 
 def test_bad_task_sizes_and_probabilities_are_refused():
-    with pytest.raises(ValueError, match="task 'maths' is unknown; allowed: hint, judgement, refusal, twohop"):
+    with pytest.raises(ValueError, match="task='maths' is unknown; allowed: hint, judgement, refusal, twohop"):
         get_task("maths")
     task = get_task("hint")
-    with pytest.raises(ValueError, match="n_eval=0 must be a positive integer"):
+    with pytest.raises(ValueError, match=r"n_eval=0 must be an integer in \[1, 1e\+06\]"):
         task.split(0, n_eval=0)
     split = task.split(0)
-    with pytest.raises(ValueError, match=r"shift size=1.5 is a probability and must lie in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"shift size=1.5 must be a number in \[0, 1\]"):
         task.shift(split.world, np.random.default_rng(0), split.heldout_units, 1.5, "both")
     with pytest.raises(ValueError, match="direction 'sideways' is unknown"):
         task.shift(split.world, np.random.default_rng(0), split.heldout_units, 0.1, "sideways")

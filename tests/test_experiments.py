@@ -179,9 +179,9 @@ def test_the_comparison_puts_your_numbers_beside_the_reference_and_applies_the_b
                                       "like 0-9"),
     (["reproduce", "--seeds", "5-2"], "error: --seeds='5-2' names nothing; give at least one value (a range is "
                                       "low-high, low <= high)"),
-    (["sweep", "label_noise", "--tasks", "maths"], "error: task 'maths' is unknown; allowed: hint, judgement, refusal, twohop"),
-    (["sweep", "label_noise", "--jobs", "-2"], "error: jobs=-2 must be a positive integer"),
-    (["publish", "--experiments", "nosuch"], "error: --experiments: nosuch unknown; allowed: main, other_model, "
+    (["sweep", "label_noise", "--tasks", "maths"], "error: task='maths' is unknown; allowed: hint, judgement, refusal, twohop"),
+    (["sweep", "label_noise", "--jobs", "-2"], "error: jobs=-2 must be an integer in [1, 256]"),
+    (["publish", "--experiments", "nosuch"], "error: --experiments='nosuch' is unknown; allowed: main, other_model, "
                                              "label_noise, learning_rate, agreement, trigger, capacity, shift_location"),
     (["show", "--task", "hint", "--seed", "3"], "no saved run of hint seed3_kl_")])
 def test_bad_suite_flags_exit_with_one_line_and_write_nothing(argv, message, capsys, mine):

@@ -68,7 +68,7 @@ def test_label_mixing_takes_exactly_the_asked_fraction_from_the_other_model():
         mixed, taken = explain.mix_labels(own, other, fraction, np.random.default_rng(0))
         assert len(taken) == round(40 * fraction) == mixed.changed.sum()
         assert (mixed.answer[taken] == 2).all() and (np.delete(mixed.answer, taken) == 0).all()
-    with pytest.raises(ValueError, match="is a probability"):
+    with pytest.raises(ValueError, match=r"fraction=1.5 must be a number in \[0, 1\]"):
         explain.mix_labels(own, other, 1.5, np.random.default_rng(0))
 
 
