@@ -133,18 +133,16 @@ def test_label_noise_changes_only_the_labels(tmp_path):
     assert clean["data"]["train_changed_fraction"] != noisy["data"]["train_changed_fraction"]
 
 
-def test_the_same_seed_gives_identical_metrics_in_two_fresh_processes(tmp_path):
+def test_the_same_seed_gives_identical_metrics_in_another_process(tmp_path):
+    """A fresh process has another hash seed and nothing cached: the run must not depend on either."""
     import subprocess
     import sys
     code = ("import sys, json; sys.path.insert(0, '.'); sys.path.insert(0, 'tests'); import test_eval, pathlib; "
             "r = test_eval.tiny_run(pathlib.Path(sys.argv[1])); print(json.dumps(r['curve']))")
-    curves = []
-    for k in range(2):
-        out = subprocess.run([sys.executable, "-c", code, str(tmp_path / f"p{k}")], capture_output=True,
-                             text=True, cwd=ev.__file__.rsplit("/", 1)[0], check=True).stdout
-        curves.append([{key: v for key, v in point.items() if key != "seconds"}
-                       for point in json.loads(out.strip().splitlines()[-1])])
-    assert curves[0] == curves[1]
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "other")], capture_output=True, text=True,
+                         cwd=ev.__file__.rsplit("/", 1)[0], check=True, timeout=300).stdout
+    strip = lambda curve: [{k: v for k, v in p.items() if k != "seconds"} for p in curve]
+    assert strip(json.loads(out.strip().splitlines()[-1])) == strip(tiny_run(tmp_path / "here")["curve"])
 
 
 def test_the_trigger_shift_asks_about_a_word_no_label_mentions(tmp_path):
