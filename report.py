@@ -482,7 +482,7 @@ Commits: {', '.join(commits)}; Python {prov['python']}, torch {prov['torch']}, n
 tiktoken {prov['tiktoken']}; {prov['threads']} threads; {prov['platform']}. Computed on: {machines(every)}.
 Each result file holds its full config.
 """)
-    write_text("\n\n".join(parts), path)
+    write_text("\n\n".join(part.strip() for part in parts) + "\n", path)
 
 
 def circuits_section(runs, figure, rel):
