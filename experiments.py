@@ -349,14 +349,7 @@ def publish(experiments):
     (each result replacing a reference result of the same run), then rebuild REPORT.md, the figures and the README's main table
     from the reference. With nothing of yours to copy, it only rebuilds."""
     for name in experiments:
-        mine = os.path.join(store(), name)
-        for result in load_results(mine):
-            cfg = config_from_dict(result["config"])
-            folder = os.path.join(store(reference=True), name, cfg.task)
-            for old in load_paths(folder):
-                if saved_result(cfg, old):
-                    os.remove(old)
-            write_json(result, result_path(name, cfg, store(reference=True)))
+        copy_to_reference(name)
     for bench in glob.glob(os.path.join(train.RUNS_DIR, "bench*.json")):
         shutil.copy(bench, store(reference=True))
     results = reference_main()
@@ -368,9 +361,15 @@ def publish(experiments):
     print("rebuilt REPORT.md, figures/ and the README's main table and ranges from results/ and the code")
 
 
-def load_paths(folder):
-    return sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".json")) \
-        if os.path.isdir(folder) else []
+def copy_to_reference(experiment):
+    """Maintainers only: your results of an experiment into the reference, each replacing the reference's
+    result of the same run (whatever its file name)."""
+    for result in load_results(os.path.join(store(), experiment)):
+        cfg = config_from_dict(result["config"])
+        for old in glob.glob(os.path.join(store(reference=True), experiment, cfg.task, "*.json")):
+            if saved_result(cfg, old):
+                os.remove(old)
+        write_json(result, result_path(experiment, cfg, store(reference=True)))
 
 
 # ---------------------------------------------------------------------------------------------------------

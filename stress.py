@@ -23,10 +23,9 @@ import numpy as np
 
 import train
 from config import Parser, UserError, check_positive, run_command
-from eval import (DEFAULT_SHIFT, SCHEDULES as ALL_SCHEDULES, RunConfig, config_from_dict, is_coupled, is_kl, mean_ci,
-                  write_json)
-from experiments import default_jobs, load_results, result_path, run_suites, saved_result, store
-from report import fmt as _fmt, markdown_table, plot_runs, pyplot, save_figure as _save_figure, write_text
+from eval import DEFAULT_SHIFT, SCHEDULES as ALL_SCHEDULES, RunConfig, is_coupled, is_kl, mean_ci
+from experiments import copy_to_reference, default_jobs, load_results, result_path, run_suites, store
+from report import fmt, markdown_table, plot_runs, pyplot, save_figure, write_text
 from train import REPO, ExplainConfig, PretrainConfig
 
 EXPERIMENT = "stress"
@@ -123,7 +122,7 @@ def plot_phase_diagram(table, columns, column_label, key_of, path):
             ax.set_title(f"{task}: {'Self - Orig' if metric == 'gap' else 'Self@flipped'}", fontsize=9)
             fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def grid_table(table, columns, column_name, key_of):
@@ -134,8 +133,8 @@ def grid_table(table, columns, column_name, key_of):
                 runs = table.get(key_of(task, size, value), [])
                 if not runs:
                     continue
-                col = lambda key, **kw: _fmt([judged(r)[key] for r in runs], **kw)
-                m0 = _fmt([r["baseline"]["changed_fraction"] for r in runs], digits=2)
+                col = lambda key, **kw: fmt([judged(r)[key] for r in runs], **kw)
+                m0 = fmt([r["baseline"]["changed_fraction"] for r in runs], digits=2)
                 rows.append([task, f"{size:g}", f"{value:g}" if isinstance(value, float) else value, len(runs),
                              judged(runs[0])["step"], col("agreement", digits=2), col("n_flipped", digits=0),
                              f"**{col('gap', signed=True)}**", col("self_flipped", digits=2),
@@ -155,7 +154,7 @@ def headline_table(headline):
     rows = []
     for task, runs in headline.items():
         if runs:
-            col = lambda key, **kw: _fmt([r["final"][key] for r in runs], **kw)
+            col = lambda key, **kw: fmt([r["final"][key] for r in runs], **kw)
             rows.append([task, len(runs), col("self"), col("orig"), f"**{col('gap', signed=True)}**",
                          col("n_flipped", digits=0), col("self_flipped", digits=2), f"{coupled_runs(runs)}/{len(runs)}",
                          col("malformed", digits=3)])
@@ -173,10 +172,10 @@ def probe_table(headline):
         for task in tasks:
             probes = [r["probes"][name] for r in headline[task] if name in r["probes"]]  # older results lack new probes
             n = mean_ci([p["n"] for p in probes])[0]
-            row += [f"{_fmt([p['accuracy'] for p in probes], digits=2)} ({_fmt([n], digits=0)})",
-                    _fmt([p["malformed"] for p in probes], digits=2)]
+            row += [f"{fmt([p['accuracy'] for p in probes], digits=2)} ({fmt([n], digits=0)})",
+                    fmt([p["malformed"] for p in probes], digits=2)]
         rows.append(row)
-    follows = " | ".join(f"{t}: {_fmt([r['probes']['leading: wrong explanation suggested']['follows_suggestion'] for r in headline[t]], digits=2)}"
+    follows = " | ".join(f"{t}: {fmt([r['probes']['leading: wrong explanation suggested']['follows_suggestion'] for r in headline[t]], digits=2)}"
                          for t in tasks)
     header = ["probe"] + [f"{t}: {kind}" for t in tasks for kind in ("accuracy (n)", "malformed")]
     return markdown_table(header, rows) + \
@@ -256,14 +255,8 @@ Sharp schedule; a fraction of the training labels flipped (verdict flipped, answ
 def publish():
     """Maintainers only: copy your stress results into the reference (each replacing a reference result of
     the same run), then rebuild STRESS.md and its figures from the reference."""
+    copy_to_reference(EXPERIMENT)
     reference = os.path.join(store(reference=True), EXPERIMENT)
-    for result in load_results(os.path.join(store(), EXPERIMENT)):
-        cfg = config_from_dict(result["config"])
-        folder = os.path.join(reference, cfg.task)
-        for old in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-            if old.endswith(".json") and saved_result(cfg, os.path.join(folder, old)):
-                os.remove(os.path.join(folder, old))
-        write_json(result, result_path(EXPERIMENT, cfg, store(reference=True)))
     write_stress_report(load_results(reference), os.path.join(REPO, "STRESS.md"), os.path.join(REPO, "figures"),
                         "make publish")
 
