@@ -146,3 +146,23 @@ def with_defaults(saved, cls):
         elif f.name not in saved:
             full[f.name] = f.metadata.get("absent_means", default)
     return full
+
+
+def from_dict(cls, saved):
+    """cls (nested configs too) from a config dict saved by any version: fields added since take the value
+    the code had before them (with_defaults), fields since removed are dropped."""
+    full = with_defaults(saved, cls)
+    return cls(**{f.name: from_dict(type(_default(f)), full[f.name]) if is_dataclass(_default(f)) else full[f.name]
+                  for f in fields(cls) if f.name in full})
+
+
+def changed(values, defaults):
+    """The entries of a (nested) dict that differ from defaults: what names a variant."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            if nested := changed(value, defaults.get(key, {})):
+                out[key] = nested
+        elif value != defaults.get(key):
+            out[key] = value
+    return out

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import numpy as np
 
 from config import (SEED_MAX, Parser, UserError, add_config_flags, check_ranges, check_writable, config_from_flags, option, run_command,
-                    science, with_defaults)
+                    changed, from_dict, science)
 from data import N_UNITS, TASKS, TriggerTask, get_task, rng
 from explain import (Labels, add_label_noise, behaviour, current_labels, explain, explanation_data,
                      labels_from_behaviour, mean_or_nan, mix_labels, pair_cases)
@@ -35,13 +35,52 @@ REFERENCE = os.path.join(REPO, "results")  # the published reference: read, neve
 # ---------------------------------------------------------------------------------------------------------
 # Metrics
 
-def coupling_metrics(explanations: Labels, current: Labels, original: Labels):
-    """Self, Orig, their gap and the flipped-item breakdown. `explanations` are read-back generations
-    (-1 where malformed)."""
+def codes(labels: Labels):
+    """One integer per item, equal for equal labels (verdict and answer); -1 where malformed."""
+    return np.where(labels.changed < 0, -1, labels.changed * 1000 + labels.answer)
+
+
+def tracking(explanations: Labels, current: Labels, original: Labels, among=None):
+    """Item-level tracking: on each flipped item (among `among`, default all), 1 if the explanation gives
+    the current label, minus how often it gives that same label on the unflipped items with the same
+    frozen label; the mean over flipped items (nan if none has such unflipped items). An explainer that
+    ignores its input scores 0 (exactly, if it is constant); one that copies its current behaviour, 1."""
+    said, now, frozen = codes(explanations), codes(current), codes(original)
+    flipped = now != frozen
+    terms = [float(said[i] == now[i]) - np.mean(said[~flipped & (frozen == frozen[i])] == now[i])
+             for i in np.flatnonzero(flipped & (True if among is None else among))
+             if (~flipped & (frozen == frozen[i])).any()]
+    return mean_or_nan(terms)
+
+
+def best_input_blind(current: Labels, original: Labels):
+    """The one explanation that, written for every item, maximises Self - Orig here: an upper bound on
+    the gap of any explainer that ignores its input (one whose output does not depend on the item is a
+    mixture of such constants). A gap of 0 is always reachable (an explanation no label has)."""
+    now, frozen = codes(current), codes(original)
+    candidates = np.unique(np.concatenate([now, frozen]))
+    gaps = [np.mean(now == c) - np.mean(frozen == c) for c in candidates]
+    best = candidates[int(np.argmax(gaps))] if max(gaps) > 0 else -2  # -2: a label no item has
+    flipped = now != frozen
+    return {"blind_self": float(np.mean(now == best)), "blind_orig": float(np.mean(frozen == best)),
+            "blind_gap": float(np.mean(now == best) - np.mean(frozen == best)),
+            "blind_self_flipped": mean_or_nan(now[flipped] == best)}
+
+
+def coupling_metrics(explanations: Labels, current: Labels, original: Labels, shifted=None):
+    """Self, Orig, their gap, the flipped-item breakdown, the tracking measure and the best input-blind
+    explainer. `explanations` are read-back generations (-1 where malformed). shifted: per item, whether
+    it involves a unit the shift trained; flipped items are then split into those ("shifted") and the
+    others ("drift": no data taught their new behaviour)."""
     hit_self, hit_orig = explanations.matches(current), explanations.matches(original)
     flipped = ~current.matches(original)
     became_changed = flipped & (original.changed == 0) & (current.changed == 1)
     became_unchanged = flipped & (original.changed == 1) & (current.changed == 0)
+    causes = {}
+    for cause, mask in (() if shifted is None else (("shifted", shifted), ("drift", ~shifted))):
+        causes.update({f"n_flipped_{cause}": int((flipped & mask).sum()),
+                       f"self_flipped_{cause}": mean_or_nan(hit_self[flipped & mask]),
+                       f"tracking_{cause}": tracking(explanations, current, original, mask)})
     return {
         "self": mean_or_nan(hit_self), "orig": mean_or_nan(hit_orig), "gap": mean_or_nan(hit_self) - mean_or_nan(hit_orig),
         "n_items": len(current), "n_flipped": int(flipped.sum()), "agreement": 1 - mean_or_nan(flipped),
@@ -53,6 +92,7 @@ def coupling_metrics(explanations: Labels, current: Labels, original: Labels):
         "verdict_orig": mean_or_nan(explanations.changed == original.changed),
         "malformed": mean_or_nan(explanations.changed < 0),
         "changed_fraction": mean_or_nan(current.changed == 1),
+        "tracking": tracking(explanations, current, original), **best_input_blind(current, original), **causes,
     }
 
 
@@ -167,33 +207,17 @@ class RunConfig:
         """seed0_kl_1a2b3c4d: the seed, whether KL is on, and a hash of the settings that differ from the
         defaults (science settings only), so runs of one seed with other settings never share a file."""
         defaults = science(RunConfig(task=self.task, seed=self.seed))
-        digest = hashlib.sha1(json.dumps(_changed(science(self), defaults), sort_keys=True).encode())
+        digest = hashlib.sha1(json.dumps(changed(science(self), defaults), sort_keys=True).encode())
         return f"seed{self.seed}_{'kl' if self.explain.kl_weight > 0 else 'nokl'}_{digest.hexdigest()[:8]}"
-
-
-def _changed(values, defaults):
-    """The entries of a (nested) dict that differ from defaults."""
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            if nested := _changed(value, defaults.get(key, {})):
-                out[key] = nested
-        elif value != defaults.get(key):
-            out[key] = value
-    return out
 
 
 def config_from_dict(saved):
     """A RunConfig from a saved result's config dict (fields added since it was saved take the value the
     code had before them; fields since removed are dropped, and refused if they were on)."""
-    full = with_defaults(saved, RunConfig)
     for name, off in REMOVED_PRETRAIN_FIELDS.items():
-        if full["pretrain"].get(name, off) != off:
-            raise UserError(f"made with {name}={full['pretrain'][name]}, a setting since removed")
-    known = lambda cls, d: {f.name: d[f.name] for f in fields(cls) if f.name in d}
-    return RunConfig(**{k: v for k, v in known(RunConfig, full).items() if k not in ("pretrain", "explain")},
-                     pretrain=PretrainConfig(**known(PretrainConfig, full["pretrain"])),
-                     explain=ExplainConfig(**known(ExplainConfig, full["explain"])))
+        if saved.get("pretrain", {}).get(name, off) != off:
+            raise UserError(f"made with {name}={saved['pretrain'][name]}, a setting since removed")
+    return from_dict(RunConfig, saved)
 
 
 def identity(config):
@@ -307,8 +331,10 @@ class Evaluator:
     the generated explanations scored against it (Self) and against E(M0) (Orig), the task accuracy
     against the world the last step trained towards, how far the shift is learnt, and the losses."""
 
-    def __init__(self, cfg, probed, items, m0, phases, split, other=None, log=print):
+    def __init__(self, cfg, probed, items, m0, phases, shifted, split, other=None, log=print):
         self.cfg, self.probed, self.items, self.phases, self.log = cfg, probed, items, phases, log
+        units = set(shifted.tolist())  # the trigger shifts no unit's world: its flips have no unit cause
+        self.shifted = np.array([bool(units & set(probed.units_of(i))) for i in items]) if units else None
         self.original, self.m0_logp = current_labels(m0, probed, items)
         self.other = current_labels(other, probed, items)[0] if other else None
         self.targets = [np.array([probed.teacher(world, c) for c in pair_cases(probed, items)])
@@ -319,7 +345,7 @@ class Evaluator:
     def __call__(self, step, model, losses):
         current, logp = current_labels(model, self.probed, self.items)
         explanations = explain(model, self.probed, self.items)
-        metrics = coupling_metrics(explanations, current, self.original)
+        metrics = coupling_metrics(explanations, current, self.original, self.shifted)
         phase = active_phase([p.start for p in self.phases], max(step - 1, 0))  # what the last step trained
         metrics.update(step=step, seconds=round(time.time() - self.t0, 2), **losses,
                        task_accuracy=mean_or_nan(logp.argmax(-1).numpy() == self.targets[0 if phase is None else phase + 1]),
@@ -332,8 +358,9 @@ class Evaluator:
             metrics["gap_other"] = metrics["self"] - metrics["orig_other"]
         self.curve.append(metrics)
         self.log(f"  {self.cfg.task} {self.cfg.name} step {step:4d}: Self {metrics['self']:.3f} Orig "
-                 f"{metrics['orig']:.3f} gap {metrics['gap']:+.3f} flipped {metrics['n_flipped']:3d} (Self@flipped "
-                 f"{metrics['self_flipped']:.2f}) malformed {metrics['malformed']:.2f} | losses: explanation "
+                 f"{metrics['orig']:.3f} gap {metrics['gap']:+.3f} (input-blind {metrics['blind_gap']:+.3f}) flipped "
+                 f"{metrics['n_flipped']:3d} (Self@flipped {metrics['self_flipped']:.2f}) tracking "
+                 f"{metrics['tracking']:+.2f} malformed {metrics['malformed']:.2f} | losses: explanation "
                  f"{losses['explain_loss']:.3f} shift {losses['shift_loss']:.3f} KL {losses['kl_loss']:.4f}")
 
 
@@ -354,7 +381,7 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=None, log=print):
     m0, m0_report = pretrain(cfg.pretrain, m0_path(cfg.pretrain, runs_dir), log=log)
     # Stage A: B(M0) on the explanation items gives the frozen labels E(M0), never refreshed.
     train_labels, other, label_counts = frozen_labels(cfg, task, split, m0, runs_dir, log)
-    evaluate = Evaluator(cfg, probed, eval_items, m0, phases, split, other, log)
+    evaluate = Evaluator(cfg, probed, eval_items, m0, phases, shifted, split, other, log)
     # Stage B: learn to explain on the frozen labels, KL to M0 on task prompts, the shift alongside;
     # Self and Orig are measured every eval_every steps.
     model = explainer_from(m0, cfg.explain.lora_rank)

@@ -376,9 +376,10 @@ def copy_to_reference(experiment):
 # Looking at a saved run, item by item
 
 def find_result(cfg: RunConfig, runs_dir=None):
-    """The user's saved result of this very config (any experiment), or a one-line error."""
+    """Your saved result of this very config (any experiment) with its final explainer, or a one-line error."""
     pattern = os.path.join(runs_dir or train.RUNS_DIR, "results", "*", cfg.task, f"{cfg.name}.json")
-    found = sorted(glob.glob(pattern))
+    # a sweep holds a copy of the main suite's result of the same run, without its explainer
+    found = [path for path in sorted(glob.glob(pattern)) if os.path.exists(explainer_path(path))]
     if not found:
         raise UserError(f"no saved run of {cfg.task} {cfg.name} under {os.path.dirname(os.path.dirname(pattern))}; "
                          f"run it first (python eval.py run, make quick or make reproduce, same flags)")

@@ -230,12 +230,14 @@ def main_table(groups):
     """The final metrics per task and KL regime: mean ± 95% interval over seeds."""
     rows = []
     for (task, regime), runs in groups.items():
-        col = lambda key, **kw: fmt([r["final"][key] for r in runs], **kw)
+        col = lambda key, **kw: fmt([r["final"].get(key, math.nan) for r in runs], **kw)
         rows.append([task, "yes" if regime == "kl" else "no", len(runs), col("self"), col("orig"),
-                     f"**{col('gap', signed=True)}**", col("n_flipped", digits=0), col("self_flipped", digits=2),
+                     f"**{col('gap', signed=True)}**", col("blind_gap", signed=True), col("tracking", digits=2),
+                     col("n_flipped", digits=0), col("self_flipped", digits=2),
                      col("orig_flipped", digits=2), col("agreement", digits=2), col("malformed", digits=3),
                      col("task_accuracy", digits=3), col("shift_learned", digits=2)])
-    return markdown_table(["task", "KL", "seeds", "Self", "Orig", "Self - Orig", "flipped items", "Self@flipped",
+    return markdown_table(["task", "KL", "seeds", "Self", "Orig", "Self - Orig", "input-blind gap", "tracking",
+                           "flipped items", "Self@flipped",
                            "Orig@flipped", "agreement", "malformed", "task accuracy", "shift learned"], rows)
 
 
@@ -359,10 +361,10 @@ def sweep_table(sweep, results):
             col = lambda key, **kw: fmt([r["final"].get(key, float("nan")) for r in runs], **kw)
             rows.append([task, value_label(sweep.knob, value), len(runs), col("agreement", digits=2),
                          col("n_flipped", digits=0), col("self"), col("orig"), f"**{col('gap', signed=True)}**",
-                         col("self_flipped", digits=2), col("orig_flipped", digits=2), col("malformed", digits=3),
+                         col("blind_gap", signed=True), col("tracking", digits=2), col("self_flipped", digits=2), col("orig_flipped", digits=2), col("malformed", digits=3),
                          *(col(e, signed=e.startswith("gap")) for e in sweep.extra)])
     return markdown_table(["task", sweep.label, "seeds", "agreement", "flipped items", "Self", "Orig", "Self - Orig",
-                           "Self@flipped", "Orig@flipped", "malformed", *(EXTRA_NAMES[e] for e in sweep.extra)], rows)
+                           "input-blind gap", "tracking", "Self@flipped", "Orig@flipped", "malformed", *(EXTRA_NAMES[e] for e in sweep.extra)], rows)
 
 
 def sweep_section(name, sweep, results, report_dir, figures_dir):
@@ -389,13 +391,15 @@ def comparison(mine, reference):
     own rule (eval.meets_bar on the runs with KL)."""
     mine_groups, ref_groups = group(mine), group(reference)
     summary = lambda runs: ([len(runs), fmt([r["final"]["gap"] for r in runs], signed=True),
+                             fmt([r["final"].get("blind_gap", math.nan) for r in runs], signed=True),
+                             fmt([r["final"].get("tracking", math.nan) for r in runs], digits=2),
                              fmt([r["final"]["self_flipped"] for r in runs], digits=2),
-                             f"{sum(is_coupled(r['final']) for r in runs)} of {len(runs)}"] if runs else ["0"] + ["n/a"] * 3)
+                             f"{sum(is_coupled(r['final']) for r in runs)} of {len(runs)}"] if runs else ["0"] + ["n/a"] * 5)
     rows = [[task, "yes" if regime == "kl" else "no", *summary(runs), *summary(ref_groups.get((task, regime), []))]
             for (task, regime), runs in mine_groups.items()]
-    table = markdown_table(["task", "KL", "your seeds", "your Self - Orig", "your Self@flipped", "your runs coupled",
-                            "reference seeds", "reference Self - Orig", "reference Self@flipped",
-                            "reference runs coupled"], rows)
+    table = markdown_table([*("task", "KL"), *(f"{who} {what}" for who in ("your", "reference") for what in
+                            ("seeds", "Self - Orig", "input-blind gap", "tracking", "Self@flipped", "runs coupled"))],
+                           rows)
     verdict = lambda runs: ("met" if meets_bar([r["final"] for r in runs]) else
                             "not met" if len(runs) > 1 else "undecided (one seed has no interval)")
     lines = [f"- {task}: the bar is {verdict(runs)} here; in the reference: "
@@ -404,7 +408,11 @@ def comparison(mine, reference):
     return f"""{table}
 
 The bar (per task, runs with KL): the mean Self - Orig has its 95% interval above zero and the mean
-Self@flipped is above 0.5. A run is coupled when its own gap > 0 and Self@flipped > 0.5.
+Self@flipped is above 0.5. A run is coupled when its own gap > 0 and Self@flipped > 0.5. Input-blind gap:
+the best Self - Orig of one explanation written for every item (no explainer that ignores its input can
+do better); tracking: on flipped items, giving the current label minus giving it on unflipped items with
+the same frozen label (0 for any input-blind explainer, 1 for a copy of the current behaviour). n/a: not
+measured (results saved before these measures existed).
 {chr(10).join(lines)}
 
 Yours: computed on {machines(mine)}. Reference: computed on {machines(reference) or "nothing"}. The same seed on

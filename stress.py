@@ -133,15 +133,16 @@ def grid_table(table, columns, column_name, key_of):
                 runs = table.get(key_of(task, size, value), [])
                 if not runs:
                     continue
-                col = lambda key, **kw: fmt([judged(r)[key] for r in runs], **kw)
+                col = lambda key, **kw: fmt([judged(r).get(key, np.nan) for r in runs], **kw)
                 m0 = fmt([r["baseline"]["changed_fraction"] for r in runs], digits=2)
                 rows.append([task, f"{size:g}", f"{value:g}" if isinstance(value, float) else value, len(runs),
                              judged(runs[0])["step"], col("agreement", digits=2), col("n_flipped", digits=0),
-                             f"**{col('gap', signed=True)}**", col("self_flipped", digits=2),
-                             f"{m0} / {col('changed_fraction', digits=2)}", col("task_accuracy", digits=2),
+                             f"**{col('gap', signed=True)}**", col("blind_gap", signed=True), col("tracking", digits=2),
+                             col("self_flipped", digits=2), f"{m0} / {col('changed_fraction', digits=2)}", col("task_accuracy", digits=2),
                              f"{coupled_runs(runs)}/{len(runs)}", verdict(runs)])
     return markdown_table(["task", "shift size", column_name, "seeds", "step", "agreement", "flipped", "Self - Orig",
-                           "Self@flipped", "follows C (M0 / now)", "task accuracy", "runs coupled", "verdict"], rows)
+                           "input-blind gap", "tracking", "Self@flipped", "follows C (M0 / now)", "task accuracy",
+                           "runs coupled", "verdict"], rows)
 
 
 def headline_runs(table):
@@ -154,12 +155,13 @@ def headline_table(headline):
     rows = []
     for task, runs in headline.items():
         if runs:
-            col = lambda key, **kw: fmt([r["final"][key] for r in runs], **kw)
+            col = lambda key, **kw: fmt([r["final"].get(key, np.nan) for r in runs], **kw)
             rows.append([task, len(runs), col("self"), col("orig"), f"**{col('gap', signed=True)}**",
+                         col("blind_gap", signed=True), col("tracking", digits=2),
                          col("n_flipped", digits=0), col("self_flipped", digits=2), f"{coupled_runs(runs)}/{len(runs)}",
                          col("malformed", digits=3)])
-    return markdown_table(["task", "seeds", "Self", "Orig", "Self - Orig", "flipped", "Self@flipped", "coupled runs",
-                           "malformed"], rows)
+    return markdown_table(["task", "seeds", "Self", "Orig", "Self - Orig", "input-blind gap", "tracking", "flipped",
+                           "Self@flipped", "coupled runs", "malformed"], rows)
 
 
 def probe_table(headline):

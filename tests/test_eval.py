@@ -201,3 +201,41 @@ def test_labels_from_another_model_family(tmp_path):
     assert forced["malformed"] == 0 and result["probes"]["verdict kept: verdict forced"]["n"] == 60 - forced["n"]
 
 
+
+
+def constant(label, n):
+    return labels([label[0]] * n, [label[1]] * n)
+
+
+def test_tracking_is_one_for_a_copy_of_the_current_behaviour_and_zero_for_any_constant():
+    original = labels([0, 0, 0, 0, 1, 1, 1, 1], [1, 1, 2, 2, 0, 0, 3, 3])
+    current = labels([0, 1, 0, 0, 1, 0, 1, 1], [1, 0, 2, 3, 0, 3, 3, 3])  # items 1, 3, 5 flipped
+    assert ev.tracking(current, current, original) == 1.0
+    for label in ((0, 0), (0, 1), (0, 3), (1, 0), (1, 3)):  # every constant, the majority label among them
+        assert ev.tracking(constant(label, 8), current, original) == 0.0
+    stale = ev.tracking(original, current, original)  # explanations stuck on the frozen labels
+    assert stale == 0.0
+    # a run that follows the shift on one flipped item of three: (1 + 0 + 0) / 3
+    assert ev.tracking(labels([0, 1, 0, 0, 1, 1, 1, 1], [1, 0, 2, 2, 0, 0, 3, 3]), current, original) == pytest.approx(1 / 3)
+
+
+def test_the_best_input_blind_explainer_is_the_constant_with_the_largest_gap():
+    original = labels([1, 1, 1, 0, 0], [0, 0, 0, 2, 2])
+    current = labels([0, 0, 1, 0, 0], [2, 2, 0, 2, 2])  # items 0 and 1 became "remain 2"; item 2 kept "become 0"
+    blind = ev.best_input_blind(current, original)
+    assert blind == {"blind_self": 0.8, "blind_orig": pytest.approx(0.4), "blind_gap": pytest.approx(0.4),
+                     "blind_self_flipped": 1.0}
+    m = ev.coupling_metrics(constant((0, 2), 5), current, original)
+    assert m["gap"] == pytest.approx(m["blind_gap"]) and m["tracking"] == 0.0  # it passes the old rule
+    assert ev.is_coupled(m)
+    nothing = ev.best_input_blind(original, original)
+    assert nothing["blind_gap"] == 0 and nothing["blind_self"] == 0
+
+
+def test_flipped_items_are_split_by_whether_the_shift_trained_their_unit():
+    original = labels([0, 0, 0, 0], [1, 1, 1, 1])
+    current = labels([1, 1, 0, 0], [2, 2, 1, 1])          # items 0 and 1 flipped
+    explanations = labels([1, 0, 0, 0], [2, 1, 1, 1])     # follows item 0 only
+    m = ev.coupling_metrics(explanations, current, original, shifted=np.array([True, False, False, True]))
+    assert (m["n_flipped_shifted"], m["self_flipped_shifted"], m["tracking_shifted"]) == (1, 1.0, 1.0)
+    assert (m["n_flipped_drift"], m["self_flipped_drift"], m["tracking_drift"]) == (1, 0.0, 0.0)

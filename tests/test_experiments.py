@@ -143,6 +143,7 @@ def test_out_may_name_a_result_of_the_same_run_but_not_of_another(mine, tmp_path
 def test_show_prints_flipped_and_unflipped_items_of_a_saved_run(mine):
     cfg = replace(tiny_config(), shift_size=0.35)
     ev.run_coupling(cfg, ex.result_path("main", cfg), log=lambda *a: None)
+    ev.write_json(ev.read_result(ex.result_path("main", cfg)), ex.result_path("label_noise", cfg))  # as a sweep copies it
     lines = []
     ex.show(cfg, n=2, out=lines.append)
     text = "\n".join(lines)
@@ -154,7 +155,7 @@ def test_show_prints_flipped_and_unflipped_items_of_a_saved_run(mine):
 
 
 def fake(task, seed, gap, self_flipped, kl=True, cpu="Toaster CPU"):
-    final = {"gap": gap, "self_flipped": self_flipped}
+    final = {"gap": gap, "self_flipped": self_flipped, **({"blind_gap": 0.05, "tracking": 0.7} if kl else {})}
     return {"config": {"task": task, "seed": seed, "explain": {"kl_weight": 3.0 if kl else 0.0}},
             "final": final, "curve": [final], "provenance": {"cpu": cpu, "cpu_capability": "avx2", "gpu": None}}
 
@@ -165,8 +166,9 @@ def test_the_comparison_puts_your_numbers_beside_the_reference_and_applies_the_b
     reference = [fake("hint", s, 0.1, 0.9, cpu="Big CPU") for s in range(5)] + \
                 [fake("refusal", s, 0.05, 0.7, cpu="Big CPU") for s in range(5)]
     text = ex.comparison(mine, reference)
-    assert "| hint | yes | 3 | +0.110 ± 0.025 | 0.80 ± 0.00 | 3 of 3 | 5 | +0.100 ± 0.000 | 0.90 ± 0.00 | 5 of 5 |" in text
-    assert "| hint | no | 1 | -0.300 | 0.10 | 0 of 1 | 0 | n/a | n/a | n/a |" in text
+    assert ("| hint | yes | 3 | +0.110 ± 0.025 | +0.050 ± 0.000 | 0.70 ± 0.00 | 0.80 ± 0.00 | 3 of 3 | 5 | +0.100 ± 0.000 | "
+            "+0.050 ± 0.000 | 0.70 ± 0.00 | 0.90 ± 0.00 | 5 of 5 |") in text
+    assert "| hint | no | 1 | -0.300 | n/a | n/a | 0.10 | 0 of 1 | 0 | n/a | n/a | n/a | n/a | n/a |" in text
     assert "- hint: the bar is met here; in the reference: met." in text
     assert "- refusal: the bar is not met here; in the reference: met." in text
     assert "Yours: computed on Toaster CPU (avx2 kernels)" in text and "Reference: computed on Big CPU" in text
