@@ -47,10 +47,12 @@ def tracking(explanations: Labels, current: Labels, original: Labels, among=None
     ignores its input scores 0 (exactly, if it is constant); one that copies its current behaviour, 1."""
     said, now, frozen = codes(explanations), codes(current), codes(original)
     flipped = now != frozen
-    terms = [float(said[i] == now[i]) - np.mean(said[~flipped & (frozen == frozen[i])] == now[i])
-             for i in np.flatnonzero(flipped & (True if among is None else among))
-             if (~flipped & (frozen == frozen[i])).any()]
-    return mean_or_nan(terms)
+    rows, peers = np.flatnonzero(flipped & (True if among is None else among)), ~flipped
+    same_frozen = frozen[rows, None] == frozen[None, peers]  # [flipped item, unflipped item]
+    says_new_label = said[None, peers] == now[rows, None]
+    has_peers = same_frozen.any(1)
+    rate_on_peers = (same_frozen & says_new_label).sum(1)[has_peers] / same_frozen.sum(1)[has_peers]
+    return mean_or_nan((said[rows] == now[rows])[has_peers] - rate_on_peers)
 
 
 def best_input_blind(current: Labels, original: Labels):
