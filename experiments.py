@@ -21,7 +21,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import train
 from config import (SEED_MAX, Parser, UserError, allowed_text, check_choice, check_positive, check_range, check_writable,
@@ -89,6 +89,16 @@ def main_configs(tasks=MAIN_TASKS, seeds=(0, 1, 2), device="auto"):
                 configs.append(RunConfig(task=task, seed=seed, pretrain=PretrainConfig(device=device),
                                          explain=ExplainConfig(kl_weight=kl_weight)))
     return configs
+
+
+DIRECTIONS = {"hint": ("acquire", "both"), "refusal": ("acquire", "both")}  # beside the main suite's reduce
+
+
+def directions_configs(seeds=(0, 1, 2), device="auto"):
+    """The other shift directions of hint and refusal (a known answer forgotten, a new over-refusal, and
+    both at once), each with and without KL, as the main suite runs its default direction."""
+    return [replace(cfg, shift=shift) for cfg in main_configs(tuple(DIRECTIONS), seeds, device)
+            for shift in DIRECTIONS[cfg.task]]
 
 
 def default_seeds(device):
@@ -449,8 +459,12 @@ def build_parser():
     sweep.add_argument("--tasks", default="", help=f"comma-separated, from: {', '.join(TASKS)} (default: the "
                        "sweep's own: hint, judgement for agreement, all three for shift_location)")
     sweep.add_argument("--seeds", default="0-2", help="comma-separated integers or ranges such as 0-9")
+    directions = sub.add_parser("directions", help="hint and refusal with the other shift directions (acquire, "
+                                "both), with and without KL, beside the main result's")
+    directions.add_argument("--seeds", default="", help="comma-separated integers or ranges such as 0-9 (default: "
+                            "0-2 on a CPU, 0-9 on a GPU)")
     everything = sub.add_parser("reproduce-all", help="the main result (seeds 0-2), then every sweep")
-    for p in (quick, reproduce, sweep, everything):
+    for p in (quick, reproduce, directions, sweep, everything):
         p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
         p.add_argument("--jobs", type=int, default=0, help="runs in parallel, 1 to 256 (default: one per CPU "
                        "core; on CUDA up to 4)")
@@ -488,6 +502,9 @@ def run(args, command):
         seeds = (0,) if args.command == "quick" else \
             parse_list(args.seeds, "seeds", int) if args.seeds else default_seeds(device)
         suite = [("main", main_configs(("hint",) if args.command == "quick" else MAIN_TASKS, seeds, device), True)]
+    elif args.command == "directions":
+        seeds = parse_list(args.seeds, "seeds", int) if args.seeds else default_seeds(device)
+        suite = [("directions", directions_configs(seeds, device), False)]
     elif args.command == "sweep":
         tasks = parse_list(args.tasks, "tasks", str) if args.tasks else None
         suite = [(args.name, sweep_configs(args.name, tasks, parse_list(args.seeds, "seeds", int), device), False)]
