@@ -124,17 +124,30 @@ def is_kl(config):
     return config["explain"]["kl_weight"] > 0
 
 
+def earlier_rule(evaluation):
+    """Whether an evaluation was saved before tracking was measured: its verdicts then follow the earlier
+    rule (Self@flipped > 0.5 in place of tracking > 0.5), which an input-blind explainer can pass."""
+    return "tracking" not in evaluation
+
+
 def is_coupled(evaluation):
-    """One run's rule: Self > Orig, and the flipped items explained by the current behaviour more
-    often than not (Self@flipped > 0.5)."""
-    return evaluation["gap"] > 0 and (evaluation["self_flipped"] or 0) > 0.5
+    """One run's rule, fixed before the runs it judges: Self > Orig, and the explanations follow the
+    shift item by item, tracking > 0.5; an explainer that ignores its input has tracking 0."""
+    follows = evaluation["self_flipped" if earlier_rule(evaluation) else "tracking"]
+    return evaluation["gap"] > 0 and (follows or 0) > 0.5
 
 
 def meets_bar(finals):
-    """A task's rule over seeds (the runs with KL): the mean gap's 95% interval lies above zero and the
-    mean Self@flipped is above 0.5. With one seed there is no interval, so the bar is not met."""
+    """A task's rule over seeds (the runs with KL): the mean gap's 95% interval lies above zero, the
+    mean tracking's too (beating every input-blind explainer), and the mean tracking is above 0.5 (earlier
+    results: mean Self@flipped > 0.5). With one seed there is no interval, so the bar is not met."""
     gap, half = mean_ci([f["gap"] for f in finals])
-    return defined(half) and gap - half > 0 and mean_ci([f["self_flipped"] for f in finals])[0] > 0.5
+    if not defined(half) or gap - half <= 0:
+        return False
+    if any(earlier_rule(f) for f in finals):
+        return mean_ci([f["self_flipped"] for f in finals])[0] > 0.5
+    tracked, half = mean_ci([f["tracking"] for f in finals])
+    return tracked - half > 0 and tracked > 0.5
 
 
 # ---------------------------------------------------------------------------------------------------------

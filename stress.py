@@ -23,7 +23,7 @@ import numpy as np
 
 import train
 from config import Parser, UserError, check_positive, run_command
-from eval import DEFAULT_SHIFT, SCHEDULES as ALL_SCHEDULES, RunConfig, is_coupled, is_kl, mean_ci
+from eval import DEFAULT_SHIFT, SCHEDULES as ALL_SCHEDULES, RunConfig, earlier_rule, is_coupled, is_kl, mean_ci
 from experiments import copy_to_reference, default_jobs, load_results, result_path, run_suites, store
 from report import fmt, markdown_table, plot_runs, pyplot, save_figure, write_text
 from train import REPO, ExplainConfig, PretrainConfig
@@ -90,7 +90,8 @@ def verdict(runs):
     """collapsed, coupled or fails, by the rules in the module docstring."""
     if mean_of(runs, "task_accuracy") < 0.8:
         return "collapsed"
-    return "coupled" if mean_of(runs, "gap") > 0 and mean_of(runs, "self_flipped") > 0.5 else "fails"
+    follows = "self_flipped" if any(earlier_rule(judged(r)) for r in runs) else "tracking"
+    return "coupled" if mean_of(runs, "gap") > 0 and mean_of(runs, follows) > 0.5 else "fails"
 
 
 MARK = {"coupled": "coupled", "collapsed": "COLLAPSED", "fails": "fails"}

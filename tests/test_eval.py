@@ -45,8 +45,18 @@ def test_mean_ci_uses_students_t():
                                                      ((0.10, 0.12, 0.11), 0.4, False),  # flipped items not followed
                                                      ((0.2, -0.2, 0.1), 0.8, False),    # interval reaches below zero
                                                      ((0.2,), 0.9, False)])             # one seed: no interval
-def test_the_bar_needs_an_interval_above_zero_and_flipped_items_followed(gaps, self_flipped, met):
+def test_the_earlier_bar_needs_an_interval_above_zero_and_flipped_items_followed(gaps, self_flipped, met):
     assert ev.meets_bar([{"gap": g, "self_flipped": self_flipped} for g in gaps]) is met
+
+
+@pytest.mark.parametrize("trackings, met", [((0.9, 0.8, 0.85), True),
+                                            ((0.6, 0.55, 0.5), True),
+                                            ((0.0, 0.0, 0.0), False),   # the input-blind explainers: tracking 0
+                                            ((0.9, 0.0, 0.9), False),   # mean 0.6, but its interval reaches 0
+                                            ((0.3, 0.4, 0.35), False)])
+def test_the_bar_needs_tracking_above_every_input_blind_explainer(trackings, met):
+    finals = [{"gap": g, "self_flipped": 1.0, "tracking": t} for g, t in zip((0.10, 0.12, 0.11), trackings)]
+    assert ev.meets_bar(finals) is met
 
 
 def tiny_config(seed=1, task="refusal", **kw):
@@ -226,8 +236,10 @@ def test_the_best_input_blind_explainer_is_the_constant_with_the_largest_gap():
     assert blind == {"blind_self": 0.8, "blind_orig": pytest.approx(0.4), "blind_gap": pytest.approx(0.4),
                      "blind_self_flipped": 1.0}
     m = ev.coupling_metrics(constant((0, 2), 5), current, original)
-    assert m["gap"] == pytest.approx(m["blind_gap"]) and m["tracking"] == 0.0  # it passes the old rule
-    assert ev.is_coupled(m)
+    assert m["gap"] == pytest.approx(m["blind_gap"]) and m["self_flipped"] == 1.0 and m["tracking"] == 0.0
+    assert not ev.is_coupled(m)  # the earlier rule (Self@flipped > 0.5) passed it
+    assert ev.is_coupled({key: v for key, v in m.items() if key != "tracking"})
+    assert ev.is_coupled(ev.coupling_metrics(current, current, original))  # a copy of the current behaviour
     nothing = ev.best_input_blind(original, original)
     assert nothing["blind_gap"] == 0 and nothing["blind_self"] == 0
 
