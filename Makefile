@@ -10,7 +10,7 @@ TASK ?= hint
 SEED ?= 0
 EXPERIMENTS ?=
 
-.PHONY: test quick reproduce reproduce-all stress report show bench publish clean
+.PHONY: test quick reproduce directions reproduce-all stress report show bench publish clean
 
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ quick: $(VENV)/installed
 
 reproduce: $(VENV)/installed
 	$(PY) experiments.py reproduce --device $(DEVICE) --seeds "$(SEEDS)"
+
+directions: $(VENV)/installed
+	$(PY) experiments.py directions --device $(DEVICE) --seeds "$(SEEDS)"
 
 reproduce-all: $(VENV)/installed
 	$(PY) experiments.py reproduce-all --device $(DEVICE)

@@ -328,7 +328,7 @@ def report_yours(mine, command):
     compared = comparison(mine, reference) if mine else ""
     path = os.path.join(train.RUNS_DIR, "REPORT.md")
     write_report(mine, path, os.path.join(train.RUNS_DIR, "figures"), sweeps=saved_sweeps(store()),
-                 compared=compared, command=command)
+                 compared=compared, command=command, directions=load_results(os.path.join(store(), "directions")))
     if compared:
         print(f"\nYour numbers beside the reference (results/main):\n\n{compared}")
     shown = os.path.relpath(path) if path.startswith(os.getcwd()) else path
@@ -366,7 +366,8 @@ def publish(experiments):
     about = os.path.join(store(reference=True), "main", "ABOUT.md")
     about = open(about).read().strip() + "\n\n" if os.path.exists(about) else ""
     write_report(results, os.path.join(REPO, "REPORT.md"), os.path.join(REPO, "figures"),
-                 sweeps=saved_sweeps(store(reference=True)), about=about, command="make publish")
+                 sweeps=saved_sweeps(store(reference=True)), about=about, command="make publish",
+                 directions=load_results(os.path.join(store(reference=True), "directions")))
     fill_readme({"main table": main_table(group(results)), "ranges": ranges_table()})
     print("rebuilt REPORT.md, figures/ and the README's main table and ranges from results/ and the code")
 
@@ -475,8 +476,8 @@ def build_parser():
     look.add_argument("--n", type=int, default=3, help="items of each kind to print, 1 to 1000")
     publish_cmd = sub.add_parser("publish", help="maintainers: copy your results into the reference, rebuild "
                                  "its reports")
-    publish_cmd.add_argument("--experiments", default="", help="comma-separated experiments to copy (main or a "
-                             "sweep); default: none, only rebuild")
+    publish_cmd.add_argument("--experiments", default="", help="comma-separated experiments to copy (main, "
+                             "directions or a sweep); default: none, only rebuild")
     return parser
 
 
@@ -496,7 +497,7 @@ def run(args, command):
     if args.command == "publish":
         names = parse_list(args.experiments, "experiments", str) if args.experiments else []
         for name in names:
-            check_choice("--experiments", name, ("main", *SWEEPS))
+            check_choice("--experiments", name, ("main", "directions", *SWEEPS))
         return publish(names)
     if args.command in ("quick", "reproduce"):
         seeds = (0,) if args.command == "quick" else \

@@ -278,6 +278,25 @@ def patching_table(results):
                            "correlation (attn/mlp)"], rows)
 
 
+def directions_table(results):
+    """Per task, shift direction and KL regime: the gap beside the best input-blind explainer's, tracking
+    (on every flipped item, and on the drift items alone), the runs coupled and whether the bar is met."""
+    groups = {}
+    for r in sorted(results, key=lambda r: r["config"]["seed"]):
+        c = r["config"]
+        groups.setdefault((c["task"], c["shift"], "kl" if is_kl(c) else "nokl"), []).append(r)
+    rows = []
+    for (task, shift, regime), runs in sorted(groups.items()):
+        col = lambda key, **kw: fmt([r["final"].get(key, math.nan) for r in runs], **kw)
+        rows.append([task, shift, "yes" if regime == "kl" else "no", len(runs), f"**{col('gap', signed=True)}**",
+                     col("blind_gap", signed=True), col("tracking", digits=2), col("self_flipped", digits=2),
+                     f"{col('tracking_drift', digits=2)} ({col('n_flipped_drift', digits=0)})",
+                     f"{sum(is_coupled(r['final']) for r in runs)} of {len(runs)}",
+                     ("met" if meets_bar([r["final"] for r in runs]) else "not met") if regime == "kl" else ""])
+    return markdown_table(["task", "shift", "KL", "seeds", "Self - Orig", "input-blind gap", "tracking",
+                           "Self@flipped", "tracking on drift items (n)", "runs coupled", "the bar"], rows)
+
+
 def lost_coupling_text(groups):
     """A line per task on its runs not coupled at the end (see lost_coupling)."""
     seeds = lambda values: f"seed{'s' if len(values) > 1 else ''} {', '.join(map(str, values))}"
@@ -382,6 +401,12 @@ Command: `python experiments.py sweep {name}`. The paper: {sweep.paper}.
 """
 
 
+RULE_TEXT = ("A run is coupled when Self > Orig and tracking > 0.5; the bar (per task, runs with KL): the "
+             "95% intervals of the mean Self - Orig and of the mean tracking lie above zero, and the mean "
+             "tracking is above 0.5. Results saved before tracking was measured are judged by the earlier "
+             "rule, Self@flipped in place of tracking, which an input-blind explainer can pass.")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Your numbers beside the reference's
 
@@ -407,12 +432,10 @@ def comparison(mine, reference):
              for (task, regime), runs in mine_groups.items() if regime == "kl"]
     return f"""{table}
 
-The bar (per task, runs with KL): the mean Self - Orig has its 95% interval above zero and the mean
-Self@flipped is above 0.5. A run is coupled when its own gap > 0 and Self@flipped > 0.5. Input-blind gap:
-the best Self - Orig of one explanation written for every item (no explainer that ignores its input can
-do better); tracking: on flipped items, giving the current label minus giving it on unflipped items with
-the same frozen label (0 for any input-blind explainer, 1 for a copy of the current behaviour). n/a: not
-measured (results saved before these measures existed).
+{RULE_TEXT} Input-blind gap: the best Self - Orig of one explanation written for every item (no
+explainer that ignores its input can do better); tracking: on flipped items, giving the current label
+minus giving it on unflipped items with the same frozen label (0 for any input-blind explainer, 1 for a
+copy of the current behaviour). n/a: not measured.
 {chr(10).join(lines)}
 
 Yours: computed on {machines(mine)}. Reference: computed on {machines(reference) or "nothing"}. The same seed on
@@ -423,14 +446,15 @@ another machine is a new draw, so compare the distributions, not seed by seed.
 # ---------------------------------------------------------------------------------------------------------
 # The report
 
-def write_report(results, path, figures_dir, prefix="main", sweeps=(), about="", compared="", command=""):
-    """Figures and a markdown report of the main experiment's results; sweeps: [(name, Sweep, results)]
-    appended as sections; compared: a comparison (above) put first; about: where and why the runs
-    were made, under the title."""
+def write_report(results, path, figures_dir, prefix="main", sweeps=(), about="", compared="", command="",
+                 directions=()):
+    """Figures and a markdown report of the main experiment's results; directions: the other shift
+    directions' results, tabled beside the main ones; sweeps: [(name, Sweep, results)] appended as
+    sections; compared: a comparison (above) put first; about: where and why the runs were made."""
     report_dir = os.path.dirname(os.path.abspath(path))
     rel = lambda p: os.path.relpath(p, report_dir)
     figure = lambda kind: os.path.join(figures_dir, f"{prefix}_{kind}.png")
-    every = list(results) + [r for _, _, swept in sweeps for r in swept]
+    every = list(results) + list(directions) + [r for _, _, swept in sweeps for r in swept]
     parts = [f"# Introspective coupling: results\n\n{about}Generated by `{command}` from {len(every)} result files."]
     if compared:
         parts.append(f"## Your numbers beside the reference\n\n{compared}")
@@ -468,6 +492,18 @@ that fails at the end never follow the shift, or follow it and lose it?
 {lost_coupling_text(groups)}
 
 ![Self@flipped and Orig@flipped of every run]({rel(figure("flipped_runs"))})
+
+## Shift directions, against an explainer that ignores its input
+
+The main result's shift reduces a behaviour (hint, refusal: `reduce`) or flips deeds (judgement: `flip`);
+`python experiments.py directions` runs the others on hint and refusal: `acquire` (a known answer is
+forgotten; a new over-refusal) and `both`. Input-blind gap: the best Self - Orig of one explanation
+written for every item, which no explainer that ignores its input can beat. Tracking: on flipped items,
+giving the current label minus giving it on unflipped items with the same frozen label (0 for any
+input-blind explainer, 1 for a copy of the current behaviour); on drift items (flipped, though the shift
+never trained their units) no data taught the new behaviour. {RULE_TEXT}
+
+{directions_table([*results, *directions])}
 {circuits_section([r for r in results if is_kl(r["config"])], figure("patching"), rel)}
 ## Every seed
 

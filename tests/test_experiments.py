@@ -183,7 +183,7 @@ def test_the_comparison_puts_your_numbers_beside_the_reference_and_applies_the_b
                                       "low-high, low <= high)"),
     (["sweep", "label_noise", "--tasks", "maths"], "error: task='maths' is unknown; allowed: hint, judgement, refusal, twohop"),
     (["sweep", "label_noise", "--jobs", "-2"], "error: jobs=-2 must be an integer in [1, 256]"),
-    (["publish", "--experiments", "nosuch"], "error: --experiments='nosuch' is unknown; allowed: main, other_model, "
+    (["publish", "--experiments", "nosuch"], "error: --experiments='nosuch' is unknown; allowed: main, directions, other_model, "
                                              "label_noise, learning_rate, agreement, trigger, capacity, shift_location"),
     (["show", "--task", "hint", "--seed", "3"], "no saved run of hint seed3_kl_")])
 def test_bad_suite_flags_exit_with_one_line_and_write_nothing(argv, message, capsys, mine):
@@ -287,3 +287,10 @@ def test_a_run_asked_for_by_two_suites_runs_once(mine, monkeypatch):
     assert {p.parent.parent.name for p in (mine / "results").rglob("*.json")} == {"one", "two"}
     ex.run_suites([("one", [tiny_config()], True)])
     assert len(calls) == 1  # loaded, not run again
+
+
+def test_the_directions_suite_runs_the_other_shifts_of_hint_and_refusal_with_and_without_kl():
+    configs = ex.directions_configs(seeds=(0,))
+    assert sorted((c.task, c.shift, c.explain.kl_weight > 0) for c in configs) == \
+        sorted((t, s, kl) for t in ("hint", "refusal") for s in ("acquire", "both") for kl in (True, False))
+    assert len({c.name for c in configs if c.task == "hint"}) == 4  # each its own result file
