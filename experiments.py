@@ -21,6 +21,7 @@ import os
 import shutil
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, fields, replace
 
 import train
@@ -29,11 +30,11 @@ from config import (SEED_MAX, Parser, UserError, allowed_text, check_choice, che
 from data import TASKS, get_task
 import numpy as np
 
-from eval import (REFERENCE, RunConfig, add_run_flags, check_feasible, config_from_args,
+from eval import (REFERENCE, RunConfig, add_run_flags, check_feasible, config_from_args, coupling_metrics,
                   config_from_dict, explainer_path, held_out, identity, is_kl, pretrained_models, read_result,
                   run_coupling)
-from explain import (behaviour, current_labels, explain, explanation_query, explanation_text, labels_from_behaviour,
-                     probe_explainer)
+from explain import (behaviour, current_labels, explain, explanation_query, explanation_text, generate_explanations,
+                     labels_from_behaviour, malformed_kind, parse_leniently, probe_explainer, read_explanations)
 from patching import patching_effects
 from model import GPT, GPTConfig, pick_device
 from report import comparison, group, main_table, markdown_table, write_report, write_text
@@ -192,12 +193,23 @@ def saved_run(result_path, runs_dir=None):
             load_model(explainer_path(result_path), device))
 
 
+def diagnose(model, m0, probed, items):
+    """The final explainer's malformed explanations sorted by kind, and its scores when its text is read
+    leniently (the first verdict word and answer anywhere): a diagnostic of format failures; every
+    metric reads strictly."""
+    texts = generate_explanations(model, probed, items)
+    frozen, now = current_labels(m0, probed, items)[0], current_labels(model, probed, items)[0]
+    lenient = coupling_metrics(read_explanations(probed, texts, parse_leniently), now, frozen)
+    return {"malformed_kinds": dict(Counter(kind for kind in (malformed_kind(probed, t) for t in texts) if kind)),
+            **{f"lenient_{key}": lenient[key] for key in ("self", "orig", "gap", "self_flipped", "tracking")}}
+
+
 def analyse_run(result_path, runs_dir=None):
-    """Probes and activation patching of a saved run's final explainer, added to its result file."""
+    """Probes, activation patching and the diagnosis of a saved run's final explainer, added to its result."""
     cfg, _, _, probed, items, m0, model = saved_run(result_path, runs_dir)
     result = read_result(result_path)
     result.update(probes=probe_explainer(model, probed, items, current_labels(m0, probed, items)[0]),
-                  patching=patching_effects(model, probed, items))
+                  patching=patching_effects(model, probed, items), diagnosis=diagnose(model, m0, probed, items))
     write_json(result, result_path)
     return result
 

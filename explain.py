@@ -97,19 +97,51 @@ def parse_explanation(task, text):
     return int(match.group(1) == "become"), task.answers.index(match.group(2))
 
 
-def explain(model, task, items, query=QUERY, batch_size=1024):
-    """The model's own explanations of the items, generated greedily and read back into Labels.
-    query: one query for every item, or a list with one per item."""
+def malformed_kind(task, text):
+    """Why a generated explanation is malformed (None if it is not): a word said twice ("would remain
+    remain sure"), a verdict word that is neither remain nor become, an answer that is not one of the
+    task's, or another shape."""
+    words = text.split()
+    if _PATTERN.match(text) and words[2] in task.answers:
+        return None
+    if any(a == b for a, b in zip(words, words[1:])):
+        return "repeated word"
+    if len(words) == 4 and words[0] == "would" and words[3] == ".":
+        return "wrong verdict word" if words[1] not in ("remain", "become") else "wrong answer token"
+    return "other shape"
+
+
+def parse_leniently(task, text):
+    """A diagnostic reading of an explanation: the first verdict word and the first answer anywhere in it
+    (None without both). The metrics read strictly (parse_explanation); this tells a format failure from
+    a wrong verdict."""
+    words = text.split()
+    verdict = next((w for w in words if w in ("remain", "become")), None)
+    answer = next((w for w in words if w in task.answers), None)
+    return None if verdict is None or answer is None else (int(verdict == "become"), task.answers.index(answer))
+
+
+def generate_explanations(model, task, items, query=QUERY, batch_size=1024):
+    """The model's own explanations of the items as text, generated greedily. query: one query for every
+    item, or a list with one per item."""
     queries = [query] * len(items) if isinstance(query, str) else query
-    changed, answer = [], []
+    texts = []
     for i in range(0, len(items), batch_size):
         prompts = [encode(explanation_query(task, c, q)) for c, q in zip(items[i: i + batch_size],
                                                                            queries[i: i + batch_size])]
-        for tokens in model.generate(prompts, EXPLANATION_TOKENS):
-            parsed = parse_explanation(task, decode(tokens))
-            changed.append(parsed[0] if parsed else -1)
-            answer.append(parsed[1] if parsed else -1)
-    return Labels(np.array(changed, dtype=int), np.array(answer, dtype=int))
+        texts += [decode(tokens) for tokens in model.generate(prompts, EXPLANATION_TOKENS)]
+    return texts
+
+
+def read_explanations(task, texts, parse=parse_explanation):
+    """Labels from explanation texts, -1 in both fields where `parse` finds none."""
+    parsed = [parse(task, text) or (-1, -1) for text in texts]
+    return Labels(np.array([p[0] for p in parsed], dtype=int), np.array([p[1] for p in parsed], dtype=int))
+
+
+def explain(model, task, items, query=QUERY):
+    """The model's own explanations of the items, generated greedily and read back (strictly) into Labels."""
+    return read_explanations(task, generate_explanations(model, task, items, query))
 
 
 @torch.no_grad()

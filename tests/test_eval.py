@@ -206,6 +206,9 @@ def test_labels_from_another_model_family(tmp_path):
     assert set(result["probes"]) >= {"paraphrase 1", "control: irrelevant word removed",
                                      "leading: wrong explanation suggested"}
     assert result["probes"]["training query"]["accuracy"] == pytest.approx(final["self"])
+    diagnosis = result["diagnosis"]
+    assert sum(diagnosis["malformed_kinds"].values()) == round(final["malformed"] * 60)
+    assert diagnosis["lenient_self"] >= final["self"]  # a lenient reading accepts every strict one
     generated, forced = (result["probes"][f"verdict flipped: verdict {kind}"] for kind in ("generated", "forced"))
     assert generated["n"] == forced["n"] == final["n_became_changed"] + final["n_became_unchanged"]
     assert forced["malformed"] == 0 and result["probes"]["verdict kept: verdict forced"]["n"] == 60 - forced["n"]

@@ -106,3 +106,17 @@ def test_the_forced_verdict_is_the_likelier_verdict_word_after_the_query_and_wou
         margin = float(logits[become] - logits[remain])
         assert abs(margin) < 1e-5 or verdict == int(margin > 0)
     assert set(forced.tolist()) == {0, 1}  # each word wins somewhere, so a constant answer fails
+
+
+@pytest.mark.parametrize("text, kind, lenient", [(" would remain B .", None, (0, 1)),
+                                                 (" would remain remain B", "repeated word", (0, 1)),
+                                                 (" would become sure .", "wrong answer token", None),
+                                                 (" would stay B .", "wrong verdict word", None),
+                                                 (" become C", "other shape", (1, 2)),
+                                                 ("", "other shape", None)])
+def test_malformed_explanations_are_sorted_by_kind_and_read_leniently_only_as_a_diagnostic(text, kind, lenient):
+    task = get_task("hint")
+    assert explain.malformed_kind(task, text) == kind
+    assert explain.parse_leniently(task, text) == lenient
+    strict = explain.read_explanations(task, [text])
+    assert (strict.changed[0] == -1) == (kind is not None)
