@@ -97,9 +97,11 @@ DIRECTIONS = {"hint": ("acquire", "both"), "refusal": ("acquire", "both")}  # be
 
 def directions_configs(seeds=(0, 1, 2), device="auto"):
     """The other shift directions of hint and refusal (a known answer forgotten, a new over-refusal, and
-    both at once), each with and without KL, as the main suite runs its default direction."""
-    return [replace(cfg, shift=shift) for cfg in main_configs(tuple(DIRECTIONS), seeds, device)
-            for shift in DIRECTIONS[cfg.task]]
+    both at once), each with and without KL, as the main suite runs its default direction; every run
+    with KL first, so an interrupted suite has the explainers before the controls."""
+    configs = [replace(cfg, shift=shift) for cfg in main_configs(tuple(DIRECTIONS), seeds, device)
+               for shift in DIRECTIONS[cfg.task]]
+    return sorted(configs, key=lambda cfg: cfg.explain.kl_weight == 0)  # stable: seed order kept
 
 
 def default_seeds(device):
