@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from data import N_UNITS, get_task
 import train
-from config import Parser, check_positive, run_command
+from config import Parser, check_positive, check_writable, run_command
 from explain import behaviour, pair_cases
 from train import (PretrainConfig, lr_at, new_model, new_optimizer, pretrain_loss, provenance, setup, take_step,
                    write_json)
@@ -113,6 +113,8 @@ def benchmark(args):
     cfg = PretrainConfig(device=args.device, threads=args.threads)
     check_positive("steps", args.steps, high=10_000)
     check_positive("items", args.items, high=20_000)
+    path = os.path.join(train.RUNS_DIR, "bench.json" if cfg.threads == 1 else f"bench_{cfg.threads}threads.json")
+    check_writable(train.RUNS_DIR, "the benchmark's output")
     device = setup(cfg.seed, cfg.threads, cfg.device)
     peak = matmul_peak(device)
     training = training_speed(cfg, device, args.steps)
@@ -133,7 +135,6 @@ def benchmark(args):
             ("peak memory", f"{result['peak_memory_mb']:.0f} MB")]
     for name, value in rows:
         print(f"{name:24s} {value}")
-    path = os.path.join(train.RUNS_DIR, "bench.json" if cfg.threads == 1 else f"bench_{cfg.threads}threads.json")
     write_json(result, path)
     print(f"-> {path}", file=sys.stderr)
 

@@ -11,6 +11,7 @@ command lines print it as one line and exit with status 2.
 import argparse
 import math
 import os
+import tempfile
 from dataclasses import MISSING, field, fields, is_dataclass
 
 class UserError(ValueError):
@@ -66,8 +67,12 @@ def check_writable(folder, what):
         if os.path.exists(existing):
             raise UserError(f"{what}: {existing} is a file, not a folder; choose another path")
         existing = os.path.dirname(existing)
-    if not os.access(existing, os.W_OK):
-        raise UserError(f"{what}: folder {existing} is not writable; choose another path or fix its permissions")
+    try:  # a file made and removed at once: os.access says yes to root even where writing fails
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise UserError(f"{what}: folder {existing} is not writable ({err.strerror}); choose another path or fix "
+                        f"its permissions") from None
 
 
 class Parser(argparse.ArgumentParser):

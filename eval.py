@@ -1,4 +1,4 @@
-"""How coupling is measured: the metrics, the probes, and one run end to end.
+"""How coupling is measured: the metrics, the baselines they are judged against, and one run end to end.
 
 One run follows the paper's steps: pretrain (or load) M0; freeze its self-labels E(M0) on the
 explanation items; fine-tune a copy on them with lambda * KL(current || M0) while, optionally, a
@@ -197,8 +197,10 @@ class RunConfig:
         self.pretrain = replace(self.pretrain, task=self.task, seed=self.seed)
         if self.shift == "default":
             self.shift = DEFAULT_SHIFT[self.task][0]
-        if self.shift_size < 0:
+        if self.shift_size == -1:
             self.shift_size = DEFAULT_SHIFT[self.task][1]
+        elif self.shift_size < 0:
+            raise UserError(f"shift_size={self.shift_size} must be -1 (the task's default) or lie in [0, 1]")
         if self.shift != "trigger" and self.shift not in task.shift_directions:
             raise UserError(f"shift={self.shift!r} is unknown for task {self.task}; allowed: trigger, "
                              f"{', '.join(task.shift_directions)}")
@@ -213,6 +215,12 @@ class RunConfig:
         if self.schedule == "oscillating" and not self.shift_at < self.back_at < steps:
             raise UserError(f"back_at={self.back_at} must lie in [{self.shift_at + 1}, {steps - 1}] (after "
                              f"shift_at={self.shift_at}, before the last step)")
+        if self.other_labels:  # the other family's settings too, before anything is trained
+            try:
+                other_family(self)
+            except UserError as err:
+                raise UserError(f"other_labels={self.other_labels} needs another model family with this "
+                                f"run's settings, but for it: {err}") from None
         if self.explain.lora_rank > self.pretrain.n_embd:
             raise UserError(f"lora_rank={self.explain.lora_rank} must be at most the model width "
                              f"n_embd={self.pretrain.n_embd}")
@@ -509,7 +517,8 @@ def main(argv=None):
 
     def work():
         cfg = config_from_args(args)
-        out = args.out or os.path.join(train.RUNS_DIR, "results", "runs", cfg.task, f"{cfg.name}.json")
+        out = os.path.join(train.RUNS_DIR, "results", "runs", cfg.task, f"{cfg.name}.json") if args.out is None \
+            else args.out
         check_out_path(out, cfg)
         pick_device(cfg.pretrain.device)
         result = run_coupling(cfg, out)

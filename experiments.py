@@ -185,10 +185,11 @@ def load_model(path, device="cpu"):
     return model.eval()
 
 
-def saved_run(result_path, runs_dir=None):
-    """(config, task, split, probed task, held-out items, M0, final explainer) of a saved run."""
+def saved_run(result_path, runs_dir=None, device=None):
+    """(config, task, split, probed task, held-out items, M0, final explainer) of a saved run, loaded on
+    `device` (default: the one it ran on)."""
     cfg = config_from_dict(read_result(result_path)["config"])
-    task, device = get_task(cfg.task), pick_device(cfg.pretrain.device)
+    task, device = get_task(cfg.task), pick_device(device or cfg.pretrain.device)
     split = task.split(cfg.seed, cfg.n_explain, cfg.n_eval)
     probed, items = held_out(cfg, task, split)
     return (cfg, task, split, probed, items, load_model(m0_path(cfg.pretrain, runs_dir), device),
@@ -337,12 +338,16 @@ def saved_sweeps(root):
 def report_yours(mine, command):
     """Your report (runs/REPORT.md, figures in runs/figures) with your numbers beside the reference's,
     which is also printed."""
+    sweeps, directions = saved_sweeps(store()), load_results(os.path.join(store(), "directions"))
+    if not (mine or sweeps or directions):
+        raise UserError(f"no results of yours to report under {store()} (main, directions or a sweep); run "
+                        f"`make quick` or `make reproduce` first")
     tasks = {r["config"]["task"] for r in mine}
     reference = [r for r in reference_main() if r["config"]["task"] in tasks]
     compared = comparison(mine, reference) if mine else ""
     path = os.path.join(train.RUNS_DIR, "REPORT.md")
-    write_report(mine, path, os.path.join(train.RUNS_DIR, "figures"), sweeps=saved_sweeps(store()),
-                 compared=compared, command=command, directions=load_results(os.path.join(store(), "directions")))
+    write_report(mine, path, os.path.join(train.RUNS_DIR, "figures"), sweeps=sweeps, compared=compared,
+                 command=command, directions=directions)
     if compared:
         print(f"\nYour numbers beside the reference (results/main):\n\n{compared}")
     shown = os.path.relpath(path) if path.startswith(os.getcwd()) else path
@@ -416,7 +421,7 @@ def show(cfg: RunConfig, n=3, runs_dir=None, out=print):
     and the final model's answers, the frozen label E(M0), the current label E(M_t), the explanation,
     and whether it matches each."""
     path = find_result(cfg, runs_dir)
-    _, _, _, probed, items, m0, model = saved_run(path, runs_dir)
+    _, _, _, probed, items, m0, model = saved_run(path, runs_dir, cfg.pretrain.device)
     (m0_with, m0_without), (now_with, now_without) = behaviour(m0, probed, items), behaviour(model, probed, items)
     frozen, current = labels_from_behaviour(m0_with, m0_without), labels_from_behaviour(now_with, now_without)
     explanations = explain(model, probed, items)
@@ -439,25 +444,37 @@ def show(cfg: RunConfig, n=3, runs_dir=None, out=print):
 # ---------------------------------------------------------------------------------------------------------
 # Command line
 
-def parse_list(text, name, kind):
+def parse_list(text, name, kind, most=1000):
     """"a,b,c" -> [a, b, c], with a one-line error naming the bad value; for integers (seeds, each in
-    [0, SEED_MAX]) "0-9" is a range."""
+    [0, SEED_MAX]) "0-9" is a range. At most `most` values, none twice (a seed counted twice would
+    pass for two)."""
     try:
         values = []
         for v in (v.strip() for v in text.split(",") if v.strip()):
             low, dash, high = v.partition("-")
-            values += list(range(int(low), int(high) + 1)) if kind is int and dash and low else [kind(v)]
-    except ValueError:
+            if kind is int and dash and low:
+                low, high = int(low), int(high)
+                if high - low >= most:
+                    raise UserError(f"--{name}={text!r} names {high - low + 1} values; at most {most}")
+                values += list(range(low, high + 1))
+            else:
+                values.append(kind(v))
+    except ValueError as err:
+        if isinstance(err, UserError):
+            raise
         allowed = "integers or ranges like 0-9" if kind is int else f"{kind.__name__} values"
         raise UserError(f"--{name}={text!r} must be a comma-separated list of {allowed}") from None
     if not values:
         raise UserError(f"--{name}={text!r} names nothing; give at least one value (a range is low-high, low <= high)")
+    if len(values) > most:
+        raise UserError(f"--{name}={text!r} names {len(values)} values; at most {most}")
+    repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+    if repeated:
+        raise UserError(f"--{name}={text!r} repeats {', '.join(map(str, repeated))}; name each once")
     for task in values if name == "tasks" else ():
         get_task(task)
     for seed in values if kind is int else ():
         check_range(f"--{name}: seed", seed, 0, SEED_MAX, integer=True)
-    if len(values) > 1000:
-        raise UserError(f"--{name}={text!r} names {len(values)} values; at most 1000")
     return values
 
 
@@ -528,8 +545,6 @@ def run(args, command):
                 [(name, sweep_configs(name, device=device), False) for name in SWEEPS]
     else:  # report
         suite = []
-        if not os.path.isdir(store()):
-            raise UserError(f"no results of yours under {store()}; run `make quick` or `make reproduce` first")
     pick_device(device)
     results = run_suites(suite, jobs) if suite else []
     # quick and reproduce report the runs they asked for; the others every current main run of yours

@@ -19,7 +19,7 @@ from data import decode, encode
 from train import case_logprobs
 
 QUERY = " if the {feature} were removed ?"
-# Probes of a trained explainer (eval.probe_explainer). Every word is in the lexicon, but training
+# Probes of a trained explainer (explain.probe_explainer). Every word is in the lexicon, but training
 # never showed these wordings: rephrased queries, a query about removing a word that every prompt of the
 # task has and its teacher ignores (Task.irrelevant; the true answer is "would remain"), and a query
 # followed by a suggested explanation ("i think it would ...") that is always the wrong one.

@@ -486,7 +486,7 @@ explanations of the flipped items follow the shift?
 
 ![Explanations during the shift]({rel(figure("shift"))})
 
-Every run, with KL (green: coupled at the end, Self > Orig and Self@flipped > 0.5; red: not). Does a run
+Every run, with KL (green: coupled at the end by the rule below; red: not). Does a run
 that fails at the end never follow the shift, or follow it and lose it?
 
 {lost_coupling_text(groups)}

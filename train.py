@@ -1,7 +1,7 @@
 """Training stages.
 
-Stage A's model, M0, is pretrained here on a task's behaviour (cases with and without C, answers from
-the task's teacher). Stage B fine-tunes a copy of M0 on token sequences whose loss covers only their
+M0 is pretrained here on a task's behaviour (cases with and without C, answers from the task's
+teacher). Stage B fine-tunes a copy of M0 on token sequences whose loss covers only their
 target tokens (the explanations), plus lambda * KL(current || M0) on the answer distribution of task
 prompts, plus, optionally, a concurrent behaviour-shift objective. Stage B is generic: it never needs
 to know what the sequences say; explain.py builds them and eval.py runs the experiments.
@@ -143,7 +143,7 @@ def check_finite(loss, step, stage, lower):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Stage A: pretrain M0 on a task's behaviour
+# M0: pretrained on a task's behaviour
 
 @dataclass
 class PretrainConfig:
@@ -274,6 +274,9 @@ def pretrain(cfg: PretrainConfig, path, log=print):
     start, elapsed = 0, 0.0
     if os.path.exists(path):
         ckpt = load_checkpoint(path, device)
+        if ckpt.get("optimizer") is None or "batch_size" not in ckpt["config"]:
+            raise UserError(f"checkpoint {path} is not a pretraining checkpoint of M0 (a final explainer?); "
+                            f"choose another path")
         saved = with_defaults(ckpt["config"], PretrainConfig)
         differ = [f"{name} {saved[name]!r} there, {value!r} here" for name, value in science(cfg).items()
                   if saved[name] != value]  # runtime settings may differ: resume on another device
@@ -458,7 +461,7 @@ def main(argv=None):
 
     def work():
         cfg = config_from_flags(args, PretrainConfig)
-        path = args["out"] or m0_path(cfg)
+        path = m0_path(cfg) if args["out"] is None else args["out"]
         if not path.endswith(".pt") or os.path.isdir(path):
             raise UserError(f"--out={path} must be a checkpoint file path ending in .pt")
         check_writable(os.path.dirname(os.path.abspath(path)), f"--out={path}")

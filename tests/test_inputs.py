@@ -75,6 +75,11 @@ def test_every_run_setting_outside_its_range_is_refused_in_one_line_before_any_w
     (["--pretrain-warmup", "-5"], "warmup=-5 must be an integer in [0, 100000]"),
     (["--pretrain-n-embd", "6", "--pretrain-n-head", "4"], "n_embd=6 must be n_head=4 times an even head dimension"),
     (["--device", "tpu"], "device='tpu' is unknown; allowed: auto, cpu, cuda, mps"),
+    (["--shift-size=-0.5"], "shift_size=-0.5 must be -1 (the task's default) or lie in [0, 1]"),
+    (["--other-labels", "0.5", "--pretrain-n-head", "5", "--pretrain-n-embd", "80"],
+     "other_labels=0.5 needs another model family with this run's settings, but for it: n_embd=96 must be"),
+    (["--seed", "2147483000", "--other-labels", "0.5"], "but for it: seed=2147484000 must be an integer"),
+    (["--out", ""], "--out= must be a .json file path"),
     (["--steps", "1e3"], "argument --steps: invalid int value: '1e3'")])
 def test_named_bad_inputs_get_one_line_naming_the_value_and_what_is_allowed(argv, message, capsys, mine):
     assert message in one_line(ev.main, ["run", *argv], capsys)
@@ -118,18 +123,22 @@ def test_pretraining_errors_after_the_config_is_built_are_one_line(tmp_path, cap
     (["reproduce", "--seeds", "-3"], "--seeds: seed=-3 must be an integer in [0, 2147483647]"),
     (["reproduce", "--seeds", "5-2"], "--seeds='5-2' names nothing"),
     (["reproduce", "--seeds", "0-99999"], "names 100000 values; at most 1000"),
+    (["reproduce", "--seeds", "0-2000000000"], "names 2000000001 values; at most 1000"),
+    (["reproduce", "--seeds", "0,0"], "--seeds='0,0' repeats 0; name each once"),
+    (["sweep", "label_noise", "--tasks", "hint,hint"], "--tasks='hint,hint' repeats hint"),
     (["reproduce", "--seeds", "3000000000"], "--seeds: seed=3000000000 must be an integer in"),
     (["quick", "--jobs", "1000"], "jobs=1000 must be an integer in [1, 256]"),
     (["quick", "--device", "tpu"], "device='tpu' is unknown"),
     (["sweep", "nosuch"], "argument name: invalid choice: 'nosuch'"),
     (["show", "--n", "0"], "n=0 must be an integer in [1, 1000]"),
-    (["report"], "no results of yours under")])
+    (["report"], "no results of yours to report under")])
 def test_suite_commands_refuse_bad_input_in_one_line(argv, message, capsys, mine):
     assert message in one_line(ex.main, argv, capsys)
     assert not list(mine.rglob("*.json"))
 
 
 @pytest.mark.parametrize("argv, message", [(["--jobs", "-1"], "jobs=-1 must be an integer in [1, 256]"),
+                                           (["publish", "--device", "tpu"], "device='tpu' is unknown"),
                                            (["--device", "tpu"], "device='tpu' is unknown"),
                                            (["report"], "no stress results of yours")])
 def test_the_stress_command_refuses_bad_input_in_one_line(argv, message, capsys):
@@ -170,3 +179,15 @@ def test_check_range_refuses_what_is_not_a_finite_number_in_range():
     for value in (0, 6, 2.5, math.nan, math.inf, True, "3"):
         with pytest.raises(UserError, match=f"x={value!r} must be"):
             config.check_range("x", value, 1, 5, integer=True)
+
+
+def test_a_report_with_nothing_to_report_is_refused_in_one_line(mine, capsys):
+    (mine / "results" / "runs").mkdir(parents=True)  # only single runs of eval.py run, no suite
+    assert "no results of yours to report" in one_line(ex.main, ["report"], capsys)
+
+
+def test_pretraining_refuses_to_resume_from_a_final_explainer(tmp_path, capsys, mine):
+    cfg = tiny_config()
+    ev.run_coupling(cfg, str(tmp_path / "r.json"), log=lambda *a: None)
+    line = one_line(train.main, ["--seed", "1", "--out", str(tmp_path / "r.pt")], capsys)
+    assert "is not a pretraining checkpoint of M0" in line
