@@ -290,11 +290,13 @@ def directions_table(results):
         col = lambda key, **kw: fmt([r["final"].get(key, math.nan) for r in runs], **kw)
         rows.append([task, shift, "yes" if regime == "kl" else "no", len(runs), f"**{col('gap', signed=True)}**",
                      col("blind_gap", signed=True), col("tracking", digits=2), col("self_flipped", digits=2),
+                     col("blind_self_flipped", digits=2),
                      f"{col('tracking_drift', digits=2)} ({col('n_flipped_drift', digits=0)})",
                      f"{sum(is_coupled(r['final']) for r in runs)} of {len(runs)}",
                      ("met" if meets_bar([r["final"] for r in runs]) else "not met") if regime == "kl" else ""])
     return markdown_table(["task", "shift", "KL", "seeds", "Self - Orig", "input-blind gap", "tracking",
-                           "Self@flipped", "tracking on drift items (n)", "runs coupled", "the bar"], rows)
+                           "Self@flipped", "input-blind Self@flipped", "tracking on drift items (n)", "runs coupled",
+                           "the bar"], rows)
 
 
 def lost_coupling_text(groups):

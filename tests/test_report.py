@@ -82,12 +82,12 @@ def test_the_patching_figure_draws_one_panel_per_task_with_each_seed(tmp_path, m
 def test_the_directions_table_puts_each_gap_beside_the_input_blind_one_and_judges_by_tracking():
     def result(shift, seed, gap, tracking, kl=3.0):
         final = {"gap": gap, "blind_gap": 0.2, "tracking": tracking, "self_flipped": 0.9, "tracking_drift": 0.5,
-                 "n_flipped_drift": 4}
+                 "n_flipped_drift": 4, "blind_self_flipped": 1.0}
         return {"config": {"task": "refusal", "shift": shift, "seed": seed, "explain": {"kl_weight": kl}},
                 "final": final}
     runs = [result("reduce", s, 0.1 + s / 100, 0.9) for s in range(3)] + \
            [result("acquire", s, 0.2, 0.0) for s in range(3)]  # an input-blind explainer: tracking 0
     table = report.directions_table(runs)
     assert "| refusal | acquire | yes | 3 | **+0.200 ± 0.000** | +0.200 ± 0.000 | 0.00 ± 0.00 | 0.90 ± 0.00 | " \
-           "0.50 ± 0.00 (4 ± 0) | 0 of 3 | not met |" in table
+           "1.00 ± 0.00 | 0.50 ± 0.00 (4 ± 0) | 0 of 3 | not met |" in table
     assert "| refusal | reduce | yes | 3 | **+0.110 ± 0.025** |" in table and "| 3 of 3 | met |" in table
