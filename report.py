@@ -299,6 +299,28 @@ def directions_table(results):
                            "the bar"], rows)
 
 
+def diagnosis_table(groups):
+    """Per task, the analysed explainers (with KL): malformed explanations by kind, summed over seeds, and
+    the gap and tracking read leniently beside the strict ones."""
+    rows = []
+    for (task, regime), runs in groups.items():
+        runs = [r for r in runs if r.get("diagnosis")]
+        if regime != "kl" or not runs:
+            continue
+        kinds = {}
+        for r in runs:
+            for kind, n in r["diagnosis"]["malformed_kinds"].items():
+                kinds[kind] = kinds.get(kind, 0) + n
+        col = lambda values, **kw: fmt(values, **kw)
+        rows.append([task, len(runs), ", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items())) or "none",
+                     col([r["final"]["gap"] for r in runs], signed=True),
+                     col([r["diagnosis"]["lenient_gap"] for r in runs], signed=True),
+                     col([r["final"].get("tracking", math.nan) for r in runs], digits=2),
+                     col([r["diagnosis"]["lenient_tracking"] for r in runs], digits=2)])
+    return markdown_table(["task", "seeds", "malformed explanations, by kind (all seeds)", "Self - Orig",
+                           "read leniently", "tracking", "read leniently"], rows) if rows else ""
+
+
 def lost_coupling_text(groups):
     """A line per task on its runs not coupled at the end (see lost_coupling)."""
     seeds = lambda values: f"seed{'s' if len(values) > 1 else ''} {', '.join(map(str, values))}"
@@ -506,6 +528,14 @@ input-blind explainer, 1 for a copy of the current behaviour); on drift items (f
 never trained their units) no data taught the new behaviour. {RULE_TEXT}
 
 {directions_table([*results, *directions])}
+
+## Malformed explanations
+
+The final explainers' malformed explanations (each counts as wrong) by kind, and the same explanations
+read leniently (the first verdict word and answer anywhere): a diagnostic of format failures only; every
+other number reads strictly.
+
+{diagnosis_table(groups) or "No explainer was diagnosed."}
 {circuits_section([r for r in results if is_kl(r["config"])], figure("patching"), rel)}
 ## Every seed
 

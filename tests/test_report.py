@@ -91,3 +91,12 @@ def test_the_directions_table_puts_each_gap_beside_the_input_blind_one_and_judge
     assert "| refusal | acquire | yes | 3 | **+0.200 ± 0.000** | +0.200 ± 0.000 | 0.00 ± 0.00 | 0.90 ± 0.00 | " \
            "1.00 ± 0.00 | 0.50 ± 0.00 (4 ± 0) | 0 of 3 | not met |" in table
     assert "| refusal | reduce | yes | 3 | **+0.110 ± 0.025** |" in table and "| 3 of 3 | met |" in table
+
+
+def test_the_diagnosis_table_sums_malformed_kinds_over_seeds():
+    runs = [{"config": {"seed": s}, "final": {"gap": 0.1, "tracking": 0.5},
+             "diagnosis": {"malformed_kinds": {"repeated word": s + 1}, "lenient_gap": 0.2, "lenient_tracking": 0.6}}
+            for s in range(2)]
+    table = report.diagnosis_table({("hint", "kl"): runs, ("hint", "nokl"): runs})
+    assert table.splitlines()[2] == "| hint | 2 | repeated word 3 | +0.100 ± 0.000 | +0.200 ± 0.000 | 0.50 ± 0.00 | 0.60 ± 0.00 |"
+    assert len(table.splitlines()) == 3  # the runs without KL are not diagnosed
