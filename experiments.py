@@ -38,7 +38,7 @@ from explain import (behaviour, current_labels, explain, explanation_query, expl
                      labels_from_behaviour, malformed_kind, parse_leniently, probe_explainer, read_explanations)
 from patching import patching_effects
 from model import GPT, GPTConfig, pick_device
-from report import comparison, group, main_table, markdown_table, write_report, write_text
+from report import comparison, group, markdown_table, verdict_table, write_report, write_text
 from train import REPO, ExplainConfig, PretrainConfig, load_checkpoint, m0_path, pretrain, write_json
 
 MAIN_TASKS = ("hint", "judgement", "refusal")
@@ -388,7 +388,7 @@ def publish(experiments):
     write_report(results, os.path.join(REPO, "REPORT.md"), os.path.join(REPO, "figures"),
                  sweeps=saved_sweeps(store(reference=True)), about=about, command="make publish",
                  directions=load_results(os.path.join(store(reference=True), "directions")))
-    fill_readme({"main table": main_table(group(results)), "ranges": ranges_table()})
+    fill_readme({"main table": verdict_table(group(results)), "ranges": ranges_table()})
     print("rebuilt REPORT.md, figures/ and the README's main table and ranges from results/ and the code")
 
 

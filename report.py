@@ -241,6 +241,21 @@ def main_table(groups):
                            "Orig@flipped", "agreement", "malformed", "task accuracy", "shift learned"], rows)
 
 
+def verdict_table(groups):
+    """The main result in short: per task and KL regime, the gap beside the best input-blind explainer's,
+    tracking, the runs coupled and whether the bar is met (the README's table)."""
+    rows = []
+    for (task, regime), runs in groups.items():
+        finals = [r["final"] for r in runs]
+        col = lambda key, **kw: fmt([f.get(key, math.nan) for f in finals], **kw)
+        rows.append([task, "yes" if regime == "kl" else "no", len(runs), f"**{col('gap', signed=True)}**",
+                     col("blind_gap", signed=True), col("tracking", digits=2), col("self_flipped", digits=2),
+                     f"{sum(is_coupled(f) for f in finals)} of {len(runs)}",
+                     ("met" if meets_bar(finals) else "not met") if regime == "kl" else ""])
+    return markdown_table(["task", "KL", "seeds", "Self - Orig", "input-blind gap", "tracking", "Self@flipped",
+                           "runs coupled", "the bar"], rows)
+
+
 def seed_table(groups):
     """Every seed's final numbers, including the flipped items split by direction."""
     rows = []
@@ -495,6 +510,10 @@ generated explanations on {cfg['n_eval']} held-out counterfactual pairs, against
 behaviour (Self) and from M0's behaviour (Orig, the kind of labels it was trained on).
 
 ## Main result
+
+{verdict_table(groups)}
+
+{RULE_TEXT}
 
 {main_table(groups)}
 

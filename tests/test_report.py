@@ -100,3 +100,11 @@ def test_the_diagnosis_table_sums_malformed_kinds_over_seeds():
     table = report.diagnosis_table({("hint", "kl"): runs, ("hint", "nokl"): runs})
     assert table.splitlines()[2] == "| hint | 2 | repeated word 3 | +0.100 ± 0.000 | +0.200 ± 0.000 | 0.50 ± 0.00 | 0.60 ± 0.00 |"
     assert len(table.splitlines()) == 3  # the runs without KL are not diagnosed
+
+
+def test_the_verdict_table_judges_each_task_by_tracking_not_by_the_gap_alone():
+    final = lambda gap, tracking: {"gap": gap, "blind_gap": 0.2, "tracking": tracking, "self_flipped": 0.9}
+    groups = {("refusal", "kl"): [{"final": final(0.2 + s / 100, 0.0)} for s in range(3)],  # input-blind
+              ("hint", "kl"): [{"final": final(0.1 + s / 100, 0.9)} for s in range(3)]}
+    rows = report.verdict_table(groups).splitlines()[2:]
+    assert rows[0].endswith("| 0 of 3 | not met |") and rows[1].endswith("| 3 of 3 | met |")
