@@ -166,16 +166,17 @@ def plot_flipped_runs(groups, path):
 
 
 def plot_gaps(groups, path):
-    """Final Self - Orig and Self on flipped items per task, with and without KL: mean, 95% interval over
-    seeds, and every seed as a dot."""
+    """Final Self - Orig (with the best input-blind explainer's gap as a red tick), tracking and Self on
+    flipped items per task, with and without KL: mean, 95% interval over seeds, and every seed as a dot."""
     plt = pyplot()
     tasks = sorted({task for task, _ in groups})
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for ax, metric, title in ((axes[0], "gap", "Self - Orig (final)"),
-                              (axes[1], "self_flipped", "Self on flipped items (final)")):
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    for ax, metric, title in ((axes[0], "gap", "Self - Orig (red: input-blind)"), (axes[1], "tracking", "tracking"),
+                              (axes[2], "self_flipped", "Self on flipped items")):
         for offset, (regime, color) in zip((-0.18, 0.18), (("kl", "tab:green"), ("nokl", "tab:gray"))):
             for i, task in enumerate(tasks):
-                values = [r["final"][metric] for r in groups.get((task, regime), [])]
+                finals = [r["final"] for r in groups.get((task, regime), [])]
+                values = [f.get(metric, math.nan) for f in finals]
                 mean, half = mean_ci(values)
                 if math.isnan(mean):
                     continue
@@ -184,13 +185,16 @@ def plot_gaps(groups, path):
                 if not math.isnan(half):
                     ax.errorbar(i + offset, mean, yerr=half, color="black", capsize=4)
                 ax.scatter([i + offset] * len(values), values, color="black", s=10, zorder=3)
-        ax.axhline(0.5 if metric == "self_flipped" else 0, color="black", lw=0.8, ls=":" if metric != "gap" else "-")
-        if metric == "self_flipped":
-            ax.set_ylim(-0.05, 1.05)
+                blind = mean_ci([f.get("blind_gap", math.nan) for f in finals])[0]
+                if metric == "gap" and not math.isnan(blind):
+                    ax.hlines(blind, i + offset - 0.17, i + offset + 0.17, color="tab:red", lw=2, zorder=4)
+        ax.axhline(0 if metric == "gap" else 0.5, color="black", lw=0.8, ls="-" if metric == "gap" else ":")
+        if metric != "gap":
+            ax.set_ylim(-0.05 if metric == "self_flipped" else -0.3, 1.05)
         ax.set_xticks(range(len(tasks)), tasks)
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     save_figure(fig, path)
 
