@@ -26,7 +26,8 @@ import train
 from config import Parser, UserError, check_positive, run_command
 from eval import DEFAULT_SHIFT, SCHEDULES as ALL_SCHEDULES, RunConfig, earlier_rule, is_coupled, is_kl, mean_ci
 from experiments import copy_to_reference, default_jobs, load_results, result_path, run_suites, store
-from report import fmt, markdown_table, plot_runs, pyplot, save_figure, write_text
+from figures import plot_runs, pyplot, save_figure
+from report import fmt, markdown_table, write_text
 from train import REPO, ExplainConfig, PretrainConfig
 
 EXPERIMENT = "stress"

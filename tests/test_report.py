@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 import eval as ev
+import figures
 import report
 from test_eval import tiny_run
 
@@ -50,12 +51,12 @@ def test_a_failed_run_that_was_coupled_earlier_is_told_apart_from_one_that_never
 
 def test_the_flipped_runs_figure_colours_each_run_by_its_final_verdict(tmp_path, monkeypatch):
     drawn = []
-    monkeypatch.setattr(report, "save_figure", lambda fig, path: drawn.append(fig))
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig))
     runs = [run(0, point(0.1, 0.9), point(0.2, 0.8)), run(1, point(0.1, 0.7), point(-0.1, 0.2))]
     for r in runs:
         for step, p in enumerate(r["curve"]):
             p.update(step=step, orig_flipped=0.1)
-    report.plot_flipped_runs({("hint", "kl"): runs}, str(tmp_path / "f.png"))
+    figures.plot_flipped_runs({("hint", "kl"): runs}, str(tmp_path / "f.png"))
     top = drawn[0].axes[0]
     assert top.get_title() == "hint: 1 of 2 runs coupled at the end"
     colours = [line.get_color() for line in top.get_lines() if line.get_color() != "black"]
@@ -65,18 +66,18 @@ def test_the_flipped_runs_figure_colours_each_run_by_its_final_verdict(tmp_path,
 
 def test_the_patching_figure_draws_one_panel_per_task_with_each_seed(tmp_path, monkeypatch):
     drawn = []
-    monkeypatch.setattr(report, "save_figure", lambda fig, path: drawn.append(fig))
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig))
     names = ["L0 attn", "L0 mlp", "L0 resid"]
     results = [{"config": {"task": task, "seed": seed},
                 "patching": {"n_items": 3, "components": names, "behaviour": [0.1, None, 1.0],
                              "explanation": [0.2, 0.5, 1.0]}}
                for task in ("hint", "refusal") for seed in (0, 1)]
-    report.plot_patching(results, str(tmp_path / "patching.png"))
+    figures.plot_patching(results, str(tmp_path / "patching.png"))
     axes = drawn[0].axes
     assert [ax.get_title().split(" (")[0] for ax in axes] == ["hint", "refusal"]
     assert len(axes[0].patches) == 2 * len(names) and len(axes[0].get_lines()) >= 4  # bars, and a dot row per seed
     with pytest.raises(ValueError, match="no result holds patching"):
-        report.plot_patching([{"config": {"task": "hint", "seed": 0}}], str(tmp_path / "p.png"))
+        figures.plot_patching([{"config": {"task": "hint", "seed": 0}}], str(tmp_path / "p.png"))
 
 
 def test_the_directions_table_puts_each_gap_beside_the_input_blind_one_and_judges_by_tracking():
