@@ -31,12 +31,13 @@ from config import (SEED_MAX, Parser, UserError, allowed_text, check_choice, che
 from data import TASKS, get_task
 import numpy as np
 
-from eval import (REFERENCE, RunConfig, add_run_flags, check_feasible, config_from_args, coupling_metrics,
-                  config_from_dict, explainer_path, held_out, identity, is_kl, pretrained_models, read_result,
+from eval import (REFERENCE, RunConfig, add_run_flags, check_feasible, config_from_args,
+                  config_from_dict, explainer_path, held_out, identity, pretrained_models, read_result,
                   run_coupling)
 from explain import (behaviour, current_labels, explain, explanation_query, explanation_text, generate_explanations,
                      labels_from_behaviour, malformed_kind, parse_leniently, probe_explainer, read_explanations)
 from patching import patching_effects
+from metrics import coupling_metrics, is_kl
 from model import GPT, GPTConfig, pick_device
 from report import comparison, group, markdown_table, verdict_table, write_report, write_text
 from train import REPO, ExplainConfig, PretrainConfig, load_checkpoint, m0_path, pretrain, write_json

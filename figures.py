@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from eval import defined, is_coupled, mean_ci
+from metrics import defined, is_coupled, mean_ci
 from patching import mean_profiles
 from train import atomic_write
 

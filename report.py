@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from eval import is_coupled, is_kl, mean_ci, meets_bar
+from metrics import is_coupled, is_kl, mean_ci, meets_bar
 from figures import (by_value, number, plot_curves, plot_flipped_runs, plot_gaps, plot_patching, plot_runs, plot_sweep,
                      value_label)
 from model import machine

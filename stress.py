@@ -24,7 +24,8 @@ import numpy as np
 
 import train
 from config import Parser, UserError, check_positive, run_command
-from eval import DEFAULT_SHIFT, SCHEDULES as ALL_SCHEDULES, RunConfig, earlier_rule, is_coupled, is_kl, mean_ci
+from eval import DEFAULT_SHIFT, SCHEDULES as ALL_SCHEDULES, RunConfig
+from metrics import earlier_rule, is_coupled, is_kl, mean_ci
 from experiments import copy_to_reference, default_jobs, load_results, result_path, run_suites, store
 from figures import plot_runs, pyplot, save_figure
 from report import fmt, markdown_table, write_text

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import eval as ev
+import metrics
 import experiments
 import train
 from explain import Labels
@@ -18,7 +19,7 @@ def labels(changed, answer):
 def test_self_and_orig_agree_where_nothing_flipped():
     current = labels([0, 1, 1, 0], [2, 0, 1, 3])
     explanations = labels([0, 1, 0, -1], [2, 1, 1, -1])
-    m = ev.coupling_metrics(explanations, current, current)
+    m = metrics.coupling_metrics(explanations, current, current)
     assert m["self"] == m["orig"] == 0.25 and m["gap"] == 0 and m["n_flipped"] == 0
     assert m["agreement"] == 1.0 and np.isnan(m["self_flipped"]) and m["malformed"] == 0.25
 
@@ -26,19 +27,19 @@ def test_self_and_orig_agree_where_nothing_flipped():
 def test_an_explainer_that_copies_its_current_behaviour_scores_self_one():
     original = labels([0, 0, 1, 1, 0], [1, 2, 3, 0, 0])
     current = labels([0, 1, 0, 1, 0], [1, 2, 3, 2, 0])  # items 1, 2, 3 flipped
-    m = ev.coupling_metrics(current, current, original)
+    m = metrics.coupling_metrics(current, current, original)
     assert m["self"] == 1.0 and m["orig"] == pytest.approx(0.4) and m["gap"] == pytest.approx(0.6)
     assert m["n_flipped"] == 3 and m["self_flipped"] == 1.0 and m["orig_flipped"] == 0.0
     assert m["n_became_changed"] == 1 and m["n_became_unchanged"] == 1
     assert m["verdict_self"] == 1.0 and m["verdict_orig"] == pytest.approx(0.6) and m["agreement"] == pytest.approx(0.4)
-    stale = ev.coupling_metrics(original, current, original)  # explanations stuck on the frozen labels
+    stale = metrics.coupling_metrics(original, current, original)  # explanations stuck on the frozen labels
     assert stale["gap"] == pytest.approx(-0.6) and stale["self_flipped"] == 0.0
 
 
 def test_mean_ci_uses_students_t():
-    mean, half = ev.mean_ci([0.1, 0.2, 0.3])
+    mean, half = metrics.mean_ci([0.1, 0.2, 0.3])
     assert mean == pytest.approx(0.2) and half == pytest.approx(4.303 * 0.1 / np.sqrt(3))
-    assert np.isnan(ev.mean_ci([0.5])[1])
+    assert np.isnan(metrics.mean_ci([0.5])[1])
 
 
 @pytest.mark.parametrize("gaps, self_flipped, met", [((0.10, 0.12, 0.11), 0.8, True),
@@ -46,7 +47,7 @@ def test_mean_ci_uses_students_t():
                                                      ((0.2, -0.2, 0.1), 0.8, False),    # interval reaches below zero
                                                      ((0.2,), 0.9, False)])             # one seed: no interval
 def test_the_earlier_bar_needs_an_interval_above_zero_and_flipped_items_followed(gaps, self_flipped, met):
-    assert ev.meets_bar([{"gap": g, "self_flipped": self_flipped} for g in gaps]) is met
+    assert metrics.meets_bar([{"gap": g, "self_flipped": self_flipped} for g in gaps]) is met
 
 
 @pytest.mark.parametrize("trackings, met", [((0.9, 0.8, 0.85), True),
@@ -56,7 +57,7 @@ def test_the_earlier_bar_needs_an_interval_above_zero_and_flipped_items_followed
                                             ((0.3, 0.4, 0.35), False)])
 def test_the_bar_needs_tracking_above_every_input_blind_explainer(trackings, met):
     finals = [{"gap": g, "self_flipped": 1.0, "tracking": t} for g, t in zip((0.10, 0.12, 0.11), trackings)]
-    assert ev.meets_bar(finals) is met
+    assert metrics.meets_bar(finals) is met
 
 
 def tiny_config(seed=1, task="refusal", **kw):
@@ -223,27 +224,27 @@ def constant(label, n):
 def test_tracking_is_one_for_a_copy_of_the_current_behaviour_and_zero_for_any_constant():
     original = labels([0, 0, 0, 0, 1, 1, 1, 1], [1, 1, 2, 2, 0, 0, 3, 3])
     current = labels([0, 1, 0, 0, 1, 0, 1, 1], [1, 0, 2, 3, 0, 3, 3, 3])  # items 1, 3, 5 flipped
-    assert ev.tracking(current, current, original) == 1.0
+    assert metrics.tracking(current, current, original) == 1.0
     for label in ((0, 0), (0, 1), (0, 3), (1, 0), (1, 3)):  # every constant, the majority label among them
-        assert ev.tracking(constant(label, 8), current, original) == 0.0
-    stale = ev.tracking(original, current, original)  # explanations stuck on the frozen labels
+        assert metrics.tracking(constant(label, 8), current, original) == 0.0
+    stale = metrics.tracking(original, current, original)  # explanations stuck on the frozen labels
     assert stale == 0.0
     # a run that follows the shift on one flipped item of three: (1 + 0 + 0) / 3
-    assert ev.tracking(labels([0, 1, 0, 0, 1, 1, 1, 1], [1, 0, 2, 2, 0, 0, 3, 3]), current, original) == pytest.approx(1 / 3)
+    assert metrics.tracking(labels([0, 1, 0, 0, 1, 1, 1, 1], [1, 0, 2, 2, 0, 0, 3, 3]), current, original) == pytest.approx(1 / 3)
 
 
 def test_the_best_input_blind_explainer_is_the_constant_with_the_largest_gap():
     original = labels([1, 1, 1, 0, 0], [0, 0, 0, 2, 2])
     current = labels([0, 0, 1, 0, 0], [2, 2, 0, 2, 2])  # items 0 and 1 became "remain 2"; item 2 kept "become 0"
-    blind = ev.best_input_blind(current, original)
+    blind = metrics.best_input_blind(current, original)
     assert blind == {"blind_self": 0.8, "blind_orig": pytest.approx(0.4), "blind_gap": pytest.approx(0.4),
                      "blind_self_flipped": 1.0}
-    m = ev.coupling_metrics(constant((0, 2), 5), current, original)
+    m = metrics.coupling_metrics(constant((0, 2), 5), current, original)
     assert m["gap"] == pytest.approx(m["blind_gap"]) and m["self_flipped"] == 1.0 and m["tracking"] == 0.0
-    assert not ev.is_coupled(m)  # the earlier rule (Self@flipped > 0.5) passed it
-    assert ev.is_coupled({key: v for key, v in m.items() if key != "tracking"})
-    assert ev.is_coupled(ev.coupling_metrics(current, current, original))  # a copy of the current behaviour
-    nothing = ev.best_input_blind(original, original)
+    assert not metrics.is_coupled(m)  # the earlier rule (Self@flipped > 0.5) passed it
+    assert metrics.is_coupled({key: v for key, v in m.items() if key != "tracking"})
+    assert metrics.is_coupled(metrics.coupling_metrics(current, current, original))  # a copy of the current behaviour
+    nothing = metrics.best_input_blind(original, original)
     assert nothing["blind_gap"] == 0 and nothing["blind_self"] == 0
 
 
@@ -251,6 +252,6 @@ def test_flipped_items_are_split_by_whether_the_shift_trained_their_unit():
     original = labels([0, 0, 0, 0], [1, 1, 1, 1])
     current = labels([1, 1, 0, 0], [2, 2, 1, 1])          # items 0 and 1 flipped
     explanations = labels([1, 0, 0, 0], [2, 1, 1, 1])     # follows item 0 only
-    m = ev.coupling_metrics(explanations, current, original, shifted=np.array([True, False, False, True]))
+    m = metrics.coupling_metrics(explanations, current, original, shifted=np.array([True, False, False, True]))
     assert (m["n_flipped_shifted"], m["self_flipped_shifted"], m["tracking_shifted"]) == (1, 1.0, 1.0)
     assert (m["n_flipped_drift"], m["self_flipped_drift"], m["tracking_drift"]) == (1, 0.0, 0.0)

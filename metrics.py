@@ -1,0 +1,129 @@
+"""The metrics of coupling, and the baselines they are judged against.
+
+Self and Orig score a model's explanations against labels from its current behaviour E(M_t) and from
+M0's, E(M0); they differ only on flipped items. The best input-blind explainer (one explanation written
+for every item) bounds what an explainer that ignores its input can score, and tracking, item by item,
+is 0 for any such explainer and 1 for a copy of the current behaviour. A run is coupled, and a task meets
+the bar, by rules stated here and in the README.
+"""
+import math
+
+import numpy as np
+
+from explain import Labels, mean_or_nan
+
+
+
+def codes(labels: Labels):
+    """One integer per item, equal for equal labels (verdict and answer); -1 where malformed."""
+    return np.where(labels.changed < 0, -1, labels.changed * 1000 + labels.answer)
+
+
+def tracking(explanations: Labels, current: Labels, original: Labels, among=None):
+    """Item-level tracking: on each flipped item (among `among`, default all), 1 if the explanation gives
+    the current label, minus how often it gives that same label on the unflipped items with the same
+    frozen label; the mean over flipped items (nan if none has such unflipped items). An explainer that
+    ignores its input scores 0 (exactly, if it is constant); one that copies its current behaviour, 1."""
+    said, now, frozen = codes(explanations), codes(current), codes(original)
+    flipped = now != frozen
+    rows, peers = np.flatnonzero(flipped & (True if among is None else among)), ~flipped
+    same_frozen = frozen[rows, None] == frozen[None, peers]  # [flipped item, unflipped item]
+    says_new_label = said[None, peers] == now[rows, None]
+    has_peers = same_frozen.any(1)
+    rate_on_peers = (same_frozen & says_new_label).sum(1)[has_peers] / same_frozen.sum(1)[has_peers]
+    return mean_or_nan((said[rows] == now[rows])[has_peers] - rate_on_peers)
+
+
+def best_input_blind(current: Labels, original: Labels):
+    """The one explanation that, written for every item, maximises Self - Orig here: an upper bound on
+    the gap of any explainer that ignores its input (one whose output does not depend on the item is a
+    mixture of such constants). A gap of 0 is always reachable (an explanation no label has)."""
+    now, frozen = codes(current), codes(original)
+    candidates = np.unique(np.concatenate([now, frozen]))
+    gaps = [np.mean(now == c) - np.mean(frozen == c) for c in candidates]
+    best = candidates[int(np.argmax(gaps))] if max(gaps) > 0 else -2  # -2: a label no item has
+    flipped = now != frozen
+    return {"blind_self": float(np.mean(now == best)), "blind_orig": float(np.mean(frozen == best)),
+            "blind_gap": float(np.mean(now == best) - np.mean(frozen == best)),
+            "blind_self_flipped": mean_or_nan(now[flipped] == best)}
+
+
+def coupling_metrics(explanations: Labels, current: Labels, original: Labels, shifted=None):
+    """Self, Orig, their gap, the flipped-item breakdown, the tracking measure and the best input-blind
+    explainer. `explanations` are read-back generations (-1 where malformed). shifted: per item, whether
+    it involves a unit the shift trained; flipped items are then split into those ("shifted") and the
+    others ("drift": no data taught their new behaviour)."""
+    hit_self, hit_orig = explanations.matches(current), explanations.matches(original)
+    flipped = ~current.matches(original)
+    became_changed = flipped & (original.changed == 0) & (current.changed == 1)
+    became_unchanged = flipped & (original.changed == 1) & (current.changed == 0)
+    causes = {}
+    for cause, mask in (() if shifted is None else (("shifted", shifted), ("drift", ~shifted))):
+        causes.update({f"n_flipped_{cause}": int((flipped & mask).sum()),
+                       f"self_flipped_{cause}": mean_or_nan(hit_self[flipped & mask]),
+                       f"tracking_{cause}": tracking(explanations, current, original, mask)})
+    return {
+        "self": mean_or_nan(hit_self), "orig": mean_or_nan(hit_orig), "gap": mean_or_nan(hit_self) - mean_or_nan(hit_orig),
+        "n_items": len(current), "n_flipped": int(flipped.sum()), "agreement": 1 - mean_or_nan(flipped),
+        "self_flipped": mean_or_nan(hit_self[flipped]), "orig_flipped": mean_or_nan(hit_orig[flipped]),
+        "n_became_changed": int(became_changed.sum()), "self_became_changed": mean_or_nan(hit_self[became_changed]),
+        "n_became_unchanged": int(became_unchanged.sum()),
+        "self_became_unchanged": mean_or_nan(hit_self[became_unchanged]),
+        "verdict_self": mean_or_nan(explanations.changed == current.changed),
+        "verdict_orig": mean_or_nan(explanations.changed == original.changed),
+        "malformed": mean_or_nan(explanations.changed < 0),
+        "changed_fraction": mean_or_nan(current.changed == 1),
+        "tracking": tracking(explanations, current, original), **best_input_blind(current, original), **causes,
+    }
+
+
+T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042]  # Student's t, 97.5% quantile, 1..30 degrees of freedom
+
+
+def defined(x):
+    return x is not None and not math.isnan(x)
+
+
+def mean_ci(values):
+    """Mean and half-width of its 95% t-interval over seeds (nan half-width for a single value).
+    Undefined values (None or nan, e.g. Self@flipped with nothing flipped) are left out."""
+    values = np.asarray([v for v in values if defined(v)], dtype=float)
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    if len(values) == 1:
+        return float(values[0]), float("nan")
+    t = T_975[len(values) - 2] if len(values) <= 31 else 1.96
+    return float(values.mean()), float(t * values.std(ddof=1) / math.sqrt(len(values)))
+
+
+def is_kl(config):
+    """Whether a saved run's config (a dict) trained with the KL term."""
+    return config["explain"]["kl_weight"] > 0
+
+
+def earlier_rule(evaluation):
+    """Whether an evaluation was saved before tracking was measured: its verdicts then follow the earlier
+    rule (Self@flipped > 0.5 in place of tracking > 0.5), which an input-blind explainer can pass."""
+    return "tracking" not in evaluation
+
+
+def is_coupled(evaluation):
+    """One run's rule, fixed before the runs it judges: Self > Orig, and the explanations follow the
+    shift item by item, tracking > 0.5; an explainer that ignores its input has tracking 0."""
+    follows = evaluation["self_flipped" if earlier_rule(evaluation) else "tracking"]
+    return evaluation["gap"] > 0 and (follows or 0) > 0.5
+
+
+def meets_bar(finals):
+    """A task's rule over seeds (the runs with KL): the mean gap's 95% interval lies above zero, the
+    mean tracking's too (beating every input-blind explainer), and the mean tracking is above 0.5 (earlier
+    results: mean Self@flipped > 0.5). With one seed there is no interval, so the bar is not met."""
+    gap, half = mean_ci([f["gap"] for f in finals])
+    if not defined(half) or gap - half <= 0:
+        return False
+    if any(earlier_rule(f) for f in finals):
+        return mean_ci([f["self_flipped"] for f in finals])[0] > 0.5
+    tracked, half = mean_ci([f["tracking"] for f in finals])
+    return tracked - half > 0 and tracked > 0.5
