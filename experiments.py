@@ -22,25 +22,19 @@ import os
 import shutil
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, fields, replace
 
 import train
+from analysis import analyse_run, show
 from config import (SEED_MAX, Parser, UserError, allowed_text, check_choice, check_positive, check_range, check_writable,
                     run_command)
 from data import TASKS, get_task
-import numpy as np
-
-from eval import (REFERENCE, RunConfig, add_run_flags, check_feasible, config_from_args,
-                  config_from_dict, explainer_path, held_out, identity, pretrained_models, read_result,
-                  run_coupling)
-from explain import (behaviour, current_labels, explain, explanation_query, explanation_text, generate_explanations,
-                     labels_from_behaviour, malformed_kind, parse_leniently, probe_explainer, read_explanations)
-from patching import patching_effects
-from metrics import coupling_metrics, is_kl
-from model import GPT, GPTConfig, pick_device
+from eval import (REFERENCE, RunConfig, add_run_flags, check_feasible, config_from_args, config_from_dict, identity,
+                  pretrained_models, read_result, run_coupling)
+from metrics import is_kl
+from model import pick_device
 from report import comparison, group, markdown_table, verdict_table, write_report, write_text
-from train import REPO, ExplainConfig, PretrainConfig, load_checkpoint, m0_path, pretrain, write_json
+from train import REPO, ExplainConfig, PretrainConfig, load_checkpoint, pretrain, write_json
 
 MAIN_TASKS = ("hint", "judgement", "refusal")
 
@@ -174,49 +168,6 @@ def sweep_configs(name, tasks=None, seeds=(0, 1, 2), device="auto"):
                 configs.append(RunConfig(task=task, seed=seed, pretrain=PretrainConfig(device=device),
                                          explain=explain, **({} if section else {knob: value})))
     return configs
-
-
-# ---------------------------------------------------------------------------------------------------------
-# After a run: its saved explainer, probed and patched
-
-def load_model(path, device="cpu"):
-    """A model saved by train.save_checkpoint (M0 or a final explainer), ready to evaluate."""
-    ckpt = load_checkpoint(path, device)
-    model = GPT(GPTConfig(**ckpt["model_config"])).to(device)
-    model.load_state_dict(ckpt["model"])
-    return model.eval()
-
-
-def saved_run(result_path, runs_dir=None, device=None):
-    """(config, task, split, probed task, held-out items, M0, final explainer) of a saved run, loaded on
-    `device` (default: the one it ran on)."""
-    cfg = config_from_dict(read_result(result_path)["config"])
-    task, device = get_task(cfg.task), pick_device(device or cfg.pretrain.device)
-    split = task.split(cfg.seed, cfg.n_explain, cfg.n_eval)
-    probed, items = held_out(cfg, task, split)
-    return (cfg, task, split, probed, items, load_model(m0_path(cfg.pretrain, runs_dir), device),
-            load_model(explainer_path(result_path), device))
-
-
-def diagnose(model, m0, probed, items):
-    """The final explainer's malformed explanations sorted by kind, and its scores when its text is read
-    leniently (the first verdict word and answer anywhere): a diagnostic of format failures; every
-    metric reads strictly."""
-    texts = generate_explanations(model, probed, items)
-    frozen, now = current_labels(m0, probed, items)[0], current_labels(model, probed, items)[0]
-    lenient = coupling_metrics(read_explanations(probed, texts, parse_leniently), now, frozen)
-    return {"malformed_kinds": dict(Counter(kind for kind in (malformed_kind(probed, t) for t in texts) if kind)),
-            **{f"lenient_{key}": lenient[key] for key in ("self", "orig", "gap", "self_flipped", "tracking")}}
-
-
-def analyse_run(result_path, runs_dir=None):
-    """Probes, activation patching and the diagnosis of a saved run's final explainer, added to its result."""
-    cfg, _, _, probed, items, m0, model = saved_run(result_path, runs_dir)
-    result = read_result(result_path)
-    result.update(probes=probe_explainer(model, probed, items, current_labels(m0, probed, items)[0]),
-                  patching=patching_effects(model, probed, items), diagnosis=diagnose(model, m0, probed, items))
-    write_json(result, result_path)
-    return result
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -402,45 +353,6 @@ def copy_to_reference(experiment):
             if saved_result(cfg, old):
                 os.remove(old)
         write_json(result, result_path(experiment, cfg, store(reference=True)))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Looking at a saved run, item by item
-
-def find_result(cfg: RunConfig, runs_dir=None):
-    """Your saved result of this very config (any experiment) with its final explainer, or a one-line error."""
-    pattern = os.path.join(runs_dir or train.RUNS_DIR, "results", "*", cfg.task, f"{cfg.name}.json")
-    # a sweep holds a copy of the main suite's result of the same run, without its explainer
-    found = [path for path in sorted(glob.glob(pattern)) if os.path.exists(explainer_path(path))]
-    if not found:
-        raise UserError(f"no saved run of {cfg.task} {cfg.name} under {os.path.dirname(os.path.dirname(pattern))}; "
-                         f"run it first (python eval.py run, make quick or make reproduce, same flags)")
-    return found[0]
-
-
-def show(cfg: RunConfig, n=3, runs_dir=None, out=print):
-    """Print n flipped and n unflipped held-out items of a saved run: the prompt with and without C, M0's
-    and the final model's answers, the frozen label E(M0), the current label E(M_t), the explanation,
-    and whether it matches each."""
-    path = find_result(cfg, runs_dir)
-    _, _, _, probed, items, m0, model = saved_run(path, runs_dir, cfg.pretrain.device)
-    (m0_with, m0_without), (now_with, now_without) = behaviour(m0, probed, items), behaviour(model, probed, items)
-    frozen, current = labels_from_behaviour(m0_with, m0_without), labels_from_behaviour(now_with, now_without)
-    explanations = explain(model, probed, items)
-    flipped = ~current.matches(frozen)
-    text = lambda labels, i: ("malformed" if labels.changed[i] < 0 else
-                              explanation_text(probed, labels.changed[i], labels.answer[i]).strip())
-    answer = lambda a: probed.answers[a]
-    out(f"{path}\n{int(flipped.sum())} of {len(items)} held-out items flipped (E(M0) != E(M_t)).")
-    for kind, rows in (("flipped", np.flatnonzero(flipped)[:n]), ("unflipped", np.flatnonzero(~flipped)[:n])):
-        for i in rows:
-            out(f"\n[{kind}] {explanation_query(probed, items[i])}\n"
-                f"  with C:    {probed.render(items[i])}   M0 {answer(m0_with[i])}, now {answer(now_with[i])}\n"
-                f"  without C: {probed.render(probed.without_feature(items[i]))}   M0 {answer(m0_without[i])}, "
-                f"now {answer(now_without[i])}\n"
-                f"  frozen label E(M0): {text(frozen, i)} | current label E(M_t): {text(current, i)}\n"
-                f"  explanation: {text(explanations, i)}  -> Self {'yes' if explanations.matches(current)[i] else 'no'}, "
-                f"Orig {'yes' if explanations.matches(frozen)[i] else 'no'}")
 
 
 # ---------------------------------------------------------------------------------------------------------
