@@ -42,12 +42,12 @@ def saved_run(result_path, runs_dir=None, device=None):
             load_model(explainer_path(result_path), device))
 
 
-def diagnose(model, m0, probed, items):
+def diagnose(model, probed, items, frozen):
     """The final explainer's malformed explanations sorted by kind, and its scores when its text is read
     leniently (the first verdict word and answer anywhere): a diagnostic of format failures; every
-    metric reads strictly."""
+    metric reads strictly. frozen: E(M0) on the items."""
     texts = generate_explanations(model, probed, items)
-    frozen, now = current_labels(m0, probed, items)[0], current_labels(model, probed, items)[0]
+    now = current_labels(model, probed, items)[0]
     lenient = coupling_metrics(read_explanations(probed, texts, parse_leniently), now, frozen)
     return {"malformed_kinds": dict(Counter(kind for kind in (malformed_kind(probed, t) for t in texts) if kind)),
             **{f"lenient_{key}": lenient[key] for key in ("self", "orig", "gap", "self_flipped", "tracking")}}
@@ -56,9 +56,9 @@ def diagnose(model, m0, probed, items):
 def analyse_run(result_path, runs_dir=None):
     """Probes, activation patching and the diagnosis of a saved run's final explainer, added to its result."""
     cfg, _, _, probed, items, m0, model = saved_run(result_path, runs_dir)
-    result = read_result(result_path)
-    result.update(probes=probe_explainer(model, probed, items, current_labels(m0, probed, items)[0]),
-                  patching=patching_effects(model, probed, items), diagnosis=diagnose(model, m0, probed, items))
+    result, frozen = read_result(result_path), current_labels(m0, probed, items)[0]  # E(M0), for both
+    result.update(probes=probe_explainer(model, probed, items, frozen), patching=patching_effects(model, probed, items),
+                  diagnosis=diagnose(model, probed, items, frozen))
     write_json(result, result_path)
     return result
 

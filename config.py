@@ -14,6 +14,7 @@ import os
 import tempfile
 from dataclasses import MISSING, field, fields, is_dataclass
 
+
 class UserError(ValueError):
     """A bad setting, file or training run, said in one line that names the value and what is allowed:
     the command lines print it without a traceback (any other exception is a bug and shows one)."""
@@ -27,11 +28,11 @@ def check_range(name, value, low, high, integer=False):
     kind = "an integer" if integer else "a number"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or not low <= value <= high or (integer and value != int(value)):
-        raise UserError(f"{name}={value!r} must be {kind} in [{number(low)}, {number(high)}]")
+        raise UserError(f"{name}={value!r} must be {kind} in [{bound_text(low)}, {bound_text(high)}]")
     return int(value) if integer else value
 
 
-def number(x):
+def bound_text(x):
     return f"{x:g}" if isinstance(x, float) else str(x)
 
 
@@ -91,7 +92,6 @@ def run_command(parser, work):
         parser.exit(2, f"error: {err}\n")
 
 
-
 def option(default, help, low=None, high=None, choices=None, **metadata):
     """A config field with the help text of its flag; [low, high] or choices: what values are allowed
     (check_ranges); metadata: runtime=True for a setting of how a run executes, not what it computes (at
@@ -105,7 +105,7 @@ def allowed_text(f):
     """The allowed values of a field, in words, for its flag's help."""
     if "range" in f.metadata:
         low, high = f.metadata["range"]
-        return f"{number(low)} to {number(high)}"
+        return f"{bound_text(low)} to {bound_text(high)}"
     return ", ".join(map(str, f.metadata.get("choices", ())))
 
 

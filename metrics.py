@@ -13,7 +13,6 @@ import numpy as np
 from explain import Labels, mean_or_nan
 
 
-
 def codes(labels: Labels):
     """One integer per item, equal for equal labels (verdict and answer); -1 where malformed."""
     return np.where(labels.changed < 0, -1, labels.changed * 1000 + labels.answer)

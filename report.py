@@ -80,17 +80,31 @@ def main_table(groups):
                            "Orig@flipped", "agreement", "malformed", "task accuracy", "shift learned"], rows)
 
 
+def summary_cells(runs):
+    """[seeds, Self - Orig, input-blind gap, tracking, Self@flipped] of runs (mean ± 95% interval): the
+    cells every table of verdicts shares."""
+    col = lambda key, **kw: fmt([r["final"].get(key, math.nan) for r in runs], **kw)
+    return [len(runs), col("gap", signed=True), col("blind_gap", signed=True), col("tracking", digits=2),
+            col("self_flipped", digits=2)]
+
+
+def coupled_count(runs):
+    return f"{sum(is_coupled(r['final']) for r in runs)} of {len(runs)}"
+
+
+def bar_text(runs, regime):
+    return ("met" if meets_bar([r["final"] for r in runs]) else "not met") if regime == "kl" else ""
+
+
+def bold_gap(cells):
+    return [cells[0], f"**{cells[1]}**", *cells[2:]]
+
+
 def verdict_table(groups):
     """The main result in short: per task and KL regime, the gap beside the best input-blind explainer's,
     tracking, the runs coupled and whether the bar is met (the README's table)."""
-    rows = []
-    for (task, regime), runs in groups.items():
-        finals = [r["final"] for r in runs]
-        col = lambda key, **kw: fmt([f.get(key, math.nan) for f in finals], **kw)
-        rows.append([task, "yes" if regime == "kl" else "no", len(runs), f"**{col('gap', signed=True)}**",
-                     col("blind_gap", signed=True), col("tracking", digits=2), col("self_flipped", digits=2),
-                     f"{sum(is_coupled(f) for f in finals)} of {len(runs)}",
-                     ("met" if meets_bar(finals) else "not met") if regime == "kl" else ""])
+    rows = [[task, "yes" if regime == "kl" else "no", *bold_gap(summary_cells(runs)), coupled_count(runs),
+             bar_text(runs, regime)] for (task, regime), runs in groups.items()]
     return markdown_table(["task", "KL", "seeds", "Self - Orig", "input-blind gap", "tracking", "Self@flipped",
                            "runs coupled", "the bar"], rows)
 
@@ -142,12 +156,10 @@ def directions_table(results):
     rows = []
     for (task, shift, regime), runs in sorted(groups.items()):
         col = lambda key, **kw: fmt([r["final"].get(key, math.nan) for r in runs], **kw)
-        rows.append([task, shift, "yes" if regime == "kl" else "no", len(runs), f"**{col('gap', signed=True)}**",
-                     col("blind_gap", signed=True), col("tracking", digits=2), col("self_flipped", digits=2),
+        rows.append([task, shift, "yes" if regime == "kl" else "no", *bold_gap(summary_cells(runs)),
                      col("blind_self_flipped", digits=2),
                      f"{col('tracking_drift', digits=2)} ({col('n_flipped_drift', digits=0)})",
-                     f"{sum(is_coupled(r['final']) for r in runs)} of {len(runs)}",
-                     ("met" if meets_bar([r["final"] for r in runs]) else "not met") if regime == "kl" else ""])
+                     coupled_count(runs), bar_text(runs, regime)])
     return markdown_table(["task", "shift", "KL", "seeds", "Self - Orig", "input-blind gap", "tracking",
                            "Self@flipped", "input-blind Self@flipped", "tracking on drift items (n)", "runs coupled",
                            "the bar"], rows)
@@ -236,11 +248,7 @@ def comparison(mine, reference):
     beside the reference's; then a line per task on whether the effect reproduced here, by the reference's
     own rule (eval.meets_bar on the runs with KL)."""
     mine_groups, ref_groups = group(mine), group(reference)
-    summary = lambda runs: ([len(runs), fmt([r["final"]["gap"] for r in runs], signed=True),
-                             fmt([r["final"].get("blind_gap", math.nan) for r in runs], signed=True),
-                             fmt([r["final"].get("tracking", math.nan) for r in runs], digits=2),
-                             fmt([r["final"]["self_flipped"] for r in runs], digits=2),
-                             f"{sum(is_coupled(r['final']) for r in runs)} of {len(runs)}"] if runs else ["0"] + ["n/a"] * 5)
+    summary = lambda runs: [*summary_cells(runs), coupled_count(runs)] if runs else ["0"] + ["n/a"] * 5
     rows = [[task, "yes" if regime == "kl" else "no", *summary(runs), *summary(ref_groups.get((task, regime), []))]
             for (task, regime), runs in mine_groups.items()]
     table = markdown_table([*("task", "KL"), *(f"{who} {what}" for who in ("your", "reference") for what in
