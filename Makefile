@@ -9,6 +9,7 @@ SEEDS ?=
 TASK ?= hint
 SEED ?= 0
 EXPERIMENTS ?=
+DENSE ?=
 
 .PHONY: test quick reproduce directions reproduce-all stress report show bench publish clean
 
@@ -33,7 +34,7 @@ reproduce-all: $(VENV)/installed
 	$(PY) experiments.py reproduce-all --device $(DEVICE)
 
 stress: $(VENV)/installed
-	$(PY) stress.py --device $(DEVICE)
+	$(PY) stress.py --device $(DEVICE) $(if $(DENSE),--dense)
 
 report: $(VENV)/installed
 	$(PY) experiments.py report

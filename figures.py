@@ -199,21 +199,27 @@ def by_value(sweep, results):
             for task, values in sorted(table.items())}
 
 
+SWEEP_LABELS = {"gap": "Self - Orig", "blind_gap": "input-blind gap", "self_flipped": "Self@flipped",
+                "orig_flipped": "Orig@flipped", "tracking": "tracking"}
+
+
 def plot_sweep(sweep, results, path):
-    """Per task: the final gap and Self/Orig on flipped items against the knob (mean, 95% interval, every
-    seed as a dot), and every run's gap against its label-behaviour agreement."""
+    """Per task, against the knob (mean, 95% interval, every seed as a dot): the final gap beside the
+    input-blind gap; Self and Orig on flipped items beside tracking; and every run's gap against its
+    label-behaviour agreement."""
     plt = pyplot()
     table = by_value(sweep, results)
     fig, axes = plt.subplots(len(table), 3, figsize=(12, 3.3 * len(table)), squeeze=False)
     for row, (task, values) in zip(axes, table.items()):
         xs = list(range(len(values)))  # values in the sweep's own order, evenly spaced
-        for ax, metrics in ((row[0], (("gap", "tab:green"),)),
-                            (row[1], (("self_flipped", "tab:blue"), ("orig_flipped", "tab:orange")))):
+        for ax, metrics in ((row[0], (("gap", "tab:green"), ("blind_gap", "tab:gray"))),
+                            (row[1], (("self_flipped", "tab:blue"), ("orig_flipped", "tab:orange"),
+                                      ("tracking", "black")))):
             for metric, color in metrics:
-                finals = [[r["final"][metric] for r in runs] for runs in values.values()]
+                finals = [[r["final"].get(metric, np.nan) for r in runs] for runs in values.values()]
                 means, halves = zip(*(mean_ci(v) for v in finals))
                 ax.errorbar(xs, means, yerr=np.nan_to_num(halves), color=color, capsize=3, marker="o",
-                            label=metric.replace("_", "@"))
+                            label=SWEEP_LABELS[metric])
                 for x, v in zip(xs, finals):
                     ax.scatter([x] * len(v), v, color=color, s=8, alpha=0.5)
             ax.axhline(0 if metrics[0][0] == "gap" else 0.5, color="black", lw=0.8, ls=":")
@@ -221,7 +227,8 @@ def plot_sweep(sweep, results, path):
             ax.set_xlabel(sweep.label)
             ax.grid(alpha=0.3)
         row[0].set_ylabel(f"{task}: Self - Orig (final)")
-        row[1].set_ylabel("accuracy on flipped items")
+        row[1].set_ylabel("flipped items: accuracy, tracking")
+        row[0].legend(fontsize=7)
         row[1].legend(fontsize=7)
         runs = [r for v in values.values() for r in v]
         row[2].scatter([r["final"]["agreement"] for r in runs], [r["final"]["gap"] for r in runs], s=14,

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from metrics import is_coupled, is_kl, mean_ci, meets_bar
+from metrics import earlier_rule, is_coupled, is_kl, mean_ci, meets_bar
 from figures import (by_value, number, plot_curves, plot_flipped_runs, plot_gaps, plot_patching, plot_runs, plot_sweep,
                      value_label)
 from model import machine
@@ -207,16 +207,18 @@ EXTRA_NAMES = {"orig_other": "Orig-other", "gap_other": "Self - Orig-other",
 
 
 def sweep_table(sweep, results):
+    """Per task and value: agreement, flipped items, Self and Orig, the cells every table of verdicts
+    shares (the gap beside the input-blind gap, tracking), runs coupled, and the sweep's own metrics."""
     rows = []
     for task, values in by_value(sweep, results).items():
         for value, runs in values.items():
             col = lambda key, **kw: fmt([r["final"].get(key, float("nan")) for r in runs], **kw)
-            rows.append([task, value_label(sweep.knob, value), len(runs), col("agreement", digits=2),
-                         col("n_flipped", digits=0), col("self"), col("orig"), f"**{col('gap', signed=True)}**",
-                         col("blind_gap", signed=True), col("tracking", digits=2), col("self_flipped", digits=2), col("orig_flipped", digits=2), col("malformed", digits=3),
-                         *(col(e, signed=e.startswith("gap")) for e in sweep.extra)])
-    return markdown_table(["task", sweep.label, "seeds", "agreement", "flipped items", "Self", "Orig", "Self - Orig",
-                           "input-blind gap", "tracking", "Self@flipped", "Orig@flipped", "malformed", *(EXTRA_NAMES[e] for e in sweep.extra)], rows)
+            rows.append([task, value_label(sweep.knob, value), col("agreement", digits=2), col("n_flipped", digits=0),
+                         col("self"), col("orig"), *bold_gap(summary_cells(runs)), coupled_count(runs),
+                         col("malformed", digits=3), *(col(e, signed=e.startswith("gap")) for e in sweep.extra)])
+    return markdown_table(["task", sweep.label, "agreement", "flipped items", "Self", "Orig", "seeds", "Self - Orig",
+                           "input-blind gap", "tracking", "Self@flipped", "runs coupled", "malformed",
+                           *(EXTRA_NAMES[e] for e in sweep.extra)], rows)
 
 
 def sweep_section(name, sweep, results, report_dir, figures_dir):
@@ -226,7 +228,8 @@ def sweep_section(name, sweep, results, report_dir, figures_dir):
 ## Sweep: {name.replace("_", " ")}
 
 {sweep.question} Varied: {sweep.label} (`{sweep.knob}`); everything else as in the main result's KL runs.
-Command: `python experiments.py sweep {name}`. The paper: {sweep.paper}.
+Command: `python experiments.py sweep {name}`. The paper: {sweep.paper}.{" These results were saved before "
+"tracking was measured: their runs are counted by the earlier rule." if any(earlier_rule(r["final"]) for r in results) else ""}
 
 {sweep_table(sweep, results)}
 

@@ -265,8 +265,9 @@ def map_axes(lines, task):
     are its lines' sizes, a schedule map's columns its lines' schedules."""
     mine = [line for line in lines if line.task == task]
     levels = sorted({level for line in mine for level in line.levels})
-    if mine[0].knob == "label noise":
-        return [line.size for line in mine], levels, lambda size, noise: (task, size, "sharp", noise)
+    if mine[0].knob == "label noise":  # every size of the grid, run or not
+        sizes = sorted(set(SIZES[task]) | {line.size for line in mine})
+        return sizes, levels, lambda size, noise: (task, size, "sharp", noise)
     return levels, [line.schedule for line in mine], lambda size, schedule: (task, size, schedule, 0.0)
 
 
@@ -340,15 +341,15 @@ def boundary_text(line, table):
     found = boundary(levels, outcomes)
     if found is None:
         side = "couples" if outcomes and np.mean(outcomes[0]) >= 0.5 else "fails"
-        return f"none: {side} at every level run ({', '.join(f'{v:g}' for v in levels)})" if levels else "not run"
+        runs = ", ".join(f"{v:g} ({int(sum(o))}/{len(o)})" for v, o in zip(levels, outcomes))
+        return f"none: {side} at every level run, {runs}" if levels else "not run"
     around = []
     for level in found["bracket"]:
         runs = table[line.point(level)]
-        around.append(f"{level:g}: {sum(map(run_coupled, runs))}/{len(runs)} coupled, tracking "
+        around.append(f"{level:g}: {sum(map(run_coupled, runs))}/{len(runs)} runs coupled, tracking "
                       f"{mean_ci([judged(r).get('tracking', np.nan) for r in runs])[0]:.2f}")
-    direction = "falls" if found["falls"] else "rises"
-    return (f"{direction} through 1/2 at **{found['at']:.3g}** ({found['low']:.3g} to {found['high']:.3g}); "
-            f"{' -> '.join(around)}")
+    return (f"{'falls' if found['falls'] else 'rises'} through 1/2 at **{found['at']:.3g}** "
+            f"(interval {found['low']:.3g} to {found['high']:.3g}); {'; '.join(around)}")
 
 
 def boundaries_table(table, lines):
@@ -357,13 +358,10 @@ def boundaries_table(table, lines):
 
 
 def readme_lines(table, lines):
-    """One line per task for the README: the reported boundaries."""
-    text = []
-    for task in MAP_TASKS:
-        parts = [f"{line.knob} ({'at the default size' if line.knob == 'label noise' else 'sharp'}): "
-                 f"{boundary_text(line, table).split(';')[0]}" for line in lines if line.task == task and line.reported]
-        text.append(f"- {task}: " + "; ".join(parts))
-    return "\n".join(text)
+    """One line per task for the README: its reported boundaries."""
+    where = lambda line: "label noise at the default size" if line.knob == "label noise" else "shift size"
+    return "\n".join(f"- {task}: " + " | ".join(f"{where(line)} {boundary_text(line, table)}" for line in lines
+                                               if line.task == task and line.reported) for task in MAP_TASKS)
 
 
 def headline_table(headline):

@@ -102,7 +102,8 @@ def test_no_user_command_writes_into_the_reference(mine, monkeypatch, capsys):
              "--kl-batch", "8", "--eval-every", "3"])
     monkeypatch.setattr(bench, "matmul_peak", lambda device: 1e9)
     bench.main(["--steps", "2", "--items", "20"])
-    monkeypatch.setattr(stress, "stress_configs", lambda device: ([tiny_config(1, "hint")], []))
+    rounds = iter([[tiny_config(1, "hint")], []])
+    monkeypatch.setattr(stress, "next_round", lambda *args: next(rounds))
     stress.main(["run", "--jobs", "1"])
     assert tracked_reference() == before
     assert (mine / "REPORT.md").exists() and (mine / "bench.json").exists() and (mine / "STRESS.md").exists()

@@ -140,7 +140,13 @@ def test_suite_commands_refuse_bad_input_in_one_line(argv, message, capsys, mine
 @pytest.mark.parametrize("argv, message", [(["--jobs", "-1"], "jobs=-1 must be an integer in [1, 256]"),
                                            (["publish", "--device", "tpu"], "device='tpu' is unknown"),
                                            (["--device", "tpu"], "device='tpu' is unknown"),
-                                           (["report"], "no stress results of yours")])
+                                           (["report"], "no stress results of yours"),
+                                           (["point", "--task", "twohop"], "--task='twohop' is unknown"),
+                                           (["point", "--shift-size", "2"], "--shift-size=2.0 must"),
+                                           (["point", "--label-noise", "nan"], "--label-noise=nan must"),
+                                           (["point", "--label-noise", "0.3", "--schedule", "gradual"],
+                                            "no map has that point"),
+                                           (["point", "--seeds", "1,1"], "repeats 1")])
 def test_the_stress_command_refuses_bad_input_in_one_line(argv, message, capsys):
     assert message in one_line(stress.main, argv, capsys)
 
