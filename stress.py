@@ -439,7 +439,8 @@ def write_stress_report(results, path, figures_dir, command):
     if oscillating:
         plot_runs(oscillating, figures["oscillating"])
     rel = {k: os.path.relpath(v, os.path.dirname(os.path.abspath(path))) for k, v in figures.items()}
-    points = lambda chosen: points_table(table, sorted(key for key in table if chosen(key)))
+    order = lambda key: (key[0], key[1], SCHEDULES.index(key[2]), key[3])
+    points = lambda chosen: points_table(table, sorted((key for key in table if chosen(key)), key=order))
     probes = probe_runs(results)
     n_runs = sum(map(len, table.values()))
     seeds = sorted({r["config"]["seed"] for runs in table.values() for r in runs})
