@@ -43,7 +43,7 @@ def run_flags():
     """(flag, config class, field) for every setting of eval.py run."""
     flags = []
     for cls, prefix, skip in ((ev.RunConfig, "", ()), (train.ExplainConfig, "", ()),
-                              (train.PretrainConfig, "pretrain-", ("task", "seed") + ev.RUNTIME_FLAGS)):
+                              (train.PretrainConfig, "pretrain-", ("task", "seed", "feature_words") + ev.RUNTIME_FLAGS)):
         flags += [(f"--{prefix}{f.name.replace('_', '-')}", f) for f in fields(cls)
                   if f.name not in skip and f.name not in ("pretrain", "explain")]
     flags += [(f"--{name.replace('_', '-')}", next(f for f in fields(train.PretrainConfig) if f.name == name))
@@ -129,7 +129,8 @@ def test_pretraining_errors_after_the_config_is_built_are_one_line(tmp_path, cap
     (["reproduce", "--seeds", "3000000000"], "--seeds: seed=3000000000 must be an integer in"),
     (["quick", "--jobs", "1000"], "jobs=1000 must be an integer in [1, 256]"),
     (["quick", "--device", "tpu"], "device='tpu' is unknown"),
-    (["sweep", "nosuch"], "argument name: invalid choice: 'nosuch'"),
+    (["sweep", "nosuch"], "sweep='nosuch' is unknown; allowed: other_model"),
+    (["sweep", "trigger,trigger"], "--sweep='trigger,trigger' repeats trigger"),
     (["show", "--n", "0"], "n=0 must be an integer in [1, 1000]"),
     (["report"], "no results of yours to report under")])
 def test_suite_commands_refuse_bad_input_in_one_line(argv, message, capsys, mine):
