@@ -155,16 +155,16 @@ SWEEPS = {
                               "the task's C alone, as in the sweep trigger. Explained words: the explanations of "
                               "the labelled words on held-out units.",
                               "explanations of the new behaviour were 79.8% accurate",
-                              extra=("explained_self", "untrained_self", "shift_learned"),
-                              fixed=(("shift", "trigger"),), panel=("self", "orig", "malformed", "explained_self")),
+                              extra=("balanced_self", "explained_self", "untrained_self", "shift_learned"),
+                              fixed=(("shift", "trigger"),), panel=("self", "orig", "balanced_self", "malformed", "explained_self")),
     "feature_items": Sweep("feature_items", (30, 100, 300, 1000), "explanation items per explained word",
                            "The held-out feature (sweep held_out_feature) with 4 explained features, the task's C "
                            "and 3 nonsense words: does the explanation of the held-out word depend on how many "
                            "labelled items each explained word gets? The task's C keeps its 300.",
                            "explanations of the new behaviour were 79.8% accurate",
-                           extra=("explained_self", "untrained_self", "shift_learned"),
+                           extra=("balanced_self", "explained_self", "untrained_self", "shift_learned"),
                            fixed=(("shift", "trigger"), ("explained_features", 4)),
-                           panel=("self", "orig", "malformed", "explained_self")),
+                           panel=("self", "orig", "balanced_self", "malformed", "explained_self")),
     "capacity": Sweep("explain.lora_rank", (1, 2, 4, 16, 0), "LoRA rank of the explanation stage (0: full)",
                       "Does coupling need the capacity of full fine-tuning? Ranks 1-16: M0's transformer "
                       "weights frozen, only the adapters and the token embedding train.",

@@ -201,8 +201,9 @@ def by_value(sweep, results):
 
 SWEEP_LABELS = {"gap": "Self - Orig", "blind_gap": "input-blind gap", "self_flipped": "Self@flipped",
                 "orig_flipped": "Orig@flipped", "tracking": "tracking", "self": "Self", "orig": "Orig",
-                "malformed": "malformed", "explained_self": "Self on the explained words"}
-PANEL_COLORS = ("tab:blue", "tab:orange", "tab:red", "tab:purple")
+                "malformed": "malformed", "explained_self": "Self on the explained words",
+                "balanced_self": "Self, balanced over verdicts"}
+PANEL_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
 
 
 def plot_sweep(sweep, results, path):

@@ -204,7 +204,8 @@ def lost_coupling_text(groups):
 
 EXTRA_NAMES = {"orig_other": "Orig-other", "gap_other": "Self - Orig-other",
                "family_agreement": "labels agree across families", "shift_learned": "shift learned",
-               "explained_self": "explained words: Self", "untrained_self": "untrained model: Self"}
+               "explained_self": "explained words: Self", "untrained_self": "untrained model: Self",
+               "balanced_self": "Self, balanced over verdicts"}
 UNTRAINED = "untrained_"  # a sweep's own metric named so is read at step 0, before explanation training
 
 

@@ -37,6 +37,16 @@ def test_an_explainer_that_copies_its_current_behaviour_scores_self_one():
     assert stale["gap"] == pytest.approx(-0.6) and stale["self_flipped"] == 0.0
 
 
+def test_one_verdict_for_every_item_scores_at_most_half_balanced_however_right_its_answers():
+    original = labels([0, 0, 0, 0], [1, 2, 3, 3])
+    current = labels([1, 1, 1, 0], [1, 2, 0, 3])  # a new word moves every answer to 3: three now change
+    always_changes = labels([1, 1, 1, 1], [1, 2, 0, 3])
+    m = metrics.coupling_metrics(always_changes, current, original)
+    assert m["self"] == 0.75 and m["self_changes"] == 1.0 and m["self_keeps"] == 0.0 and m["balanced_self"] == 0.5
+    assert metrics.coupling_metrics(current, current, original)["balanced_self"] == 1.0
+    assert np.isnan(metrics.coupling_metrics(original, original, original)["balanced_self"])  # nothing changes
+
+
 def test_mean_ci_uses_students_t():
     mean, half = metrics.mean_ci([0.1, 0.2, 0.3])
     assert mean == pytest.approx(0.2) and half == pytest.approx(4.303 * 0.1 / np.sqrt(3))
