@@ -238,7 +238,8 @@ def run_suites(suites, jobs=1):
     check_writable(store(), "your store")
     checked = set()
     for cfg in (cfg for _, configs, _ in suites for cfg in configs):  # before the first run starts
-        key = (cfg.task, cfg.seed, cfg.n_explain, cfg.n_eval, cfg.schedule, cfg.shift, cfg.shift_size)
+        key = (cfg.task, cfg.seed, cfg.n_explain, cfg.n_eval, cfg.schedule, cfg.shift, cfg.shift_size,
+               cfg.explained_features, cfg.feature_items)
         if key not in checked:
             check_feasible(cfg)
             checked.add(key)
