@@ -120,6 +120,14 @@ class Sweep:
     panel: tuple = ()  # metrics drawn in a figure panel of the sweep's own
 
 
+# The held-out-feature sweeps' own columns and figure panel
+HELD_OUT_COLUMNS = ("Balanced Self: the mean of Self where blorp changes the answer and where it does not; an "
+                    "explainer that writes one verdict for every item reaches at most 0.5 (tracking has nothing to "
+                    "compare with here). Explained words: the explanations of the labelled words on held-out "
+                    "units. Untrained model: step 0.")
+HELD_OUT_EXTRA = ("balanced_self", "explained_self", "untrained_self", "shift_learned")
+HELD_OUT_PANEL = ("self", "orig", "balanced_self", "malformed", "explained_self")
+
 SWEEPS = {
     "other_model": Sweep("other_labels", (0.0, 0.25, 0.5, 0.75, 1.0), "fraction of labels from another model",
                          "Labels from another model family: a 3-layer, 96-wide model with another seed, trained "
@@ -152,19 +160,16 @@ SWEEPS = {
                               "on, ...); M0 learns them, and 300 explanation items per word label them. The "
                               "held-out word \"blorp\" (every answer becomes the last) is taught only by the "
                               "concurrent shift, on held-out units, and the explanations are asked about it. 1: "
-                              "the task's C alone, as in the sweep trigger. Explained words: the explanations of "
-                              "the labelled words on held-out units.",
-                              "explanations of the new behaviour were 79.8% accurate",
-                              extra=("balanced_self", "explained_self", "untrained_self", "shift_learned"),
-                              fixed=(("shift", "trigger"),), panel=("self", "orig", "balanced_self", "malformed", "explained_self")),
+                              "the task's C alone, as in the sweep trigger. " + HELD_OUT_COLUMNS,
+                              "explanations of the new behaviour were 79.8% accurate", extra=HELD_OUT_EXTRA,
+                              fixed=(("shift", "trigger"),), panel=HELD_OUT_PANEL),
     "feature_items": Sweep("feature_items", (30, 100, 300, 1000), "explanation items per explained word",
                            "The held-out feature (sweep held_out_feature) with 4 explained features, the task's C "
                            "and 3 nonsense words: does the explanation of the held-out word depend on how many "
-                           "labelled items each explained word gets? The task's C keeps its 300.",
-                           "explanations of the new behaviour were 79.8% accurate",
-                           extra=("balanced_self", "explained_self", "untrained_self", "shift_learned"),
-                           fixed=(("shift", "trigger"), ("explained_features", 4)),
-                           panel=("self", "orig", "balanced_self", "malformed", "explained_self")),
+                           "labelled items each explained word gets? The task's C keeps its 300. "
+                           + HELD_OUT_COLUMNS, "explanations of the new behaviour were 79.8% accurate",
+                           extra=HELD_OUT_EXTRA, fixed=(("shift", "trigger"), ("explained_features", 4)),
+                           panel=HELD_OUT_PANEL),
     "capacity": Sweep("explain.lora_rank", (1, 2, 4, 16, 0), "LoRA rank of the explanation stage (0: full)",
                       "Does coupling need the capacity of full fine-tuning? Ranks 1-16: M0's transformer "
                       "weights frozen, only the adapters and the token embedding train.",
