@@ -216,10 +216,10 @@ def plot_sweep(sweep, results, path):
     fig, axes = plt.subplots(len(table), columns, figsize=(4 * columns, 3.3 * len(table)), squeeze=False)
     for row, (task, values) in zip(axes, table.items()):
         xs = list(range(len(values)))  # values in the sweep's own order, evenly spaced
-        panels = [(row[0], (("gap", "tab:green"), ("blind_gap", "tab:gray")), 0),
+        panels = [(row[0], (("gap", "tab:green"), ("blind_gap", "tab:gray")), 0),  # (axes, metrics, dotted line)
                   (row[1], (("self_flipped", "tab:blue"), ("orig_flipped", "tab:orange"), ("tracking", "black")), 0.5)]
         if sweep.panel:
-            panels.append((row[3], tuple(zip(sweep.panel, PANEL_COLORS)), None))
+            panels.append((row[3], tuple(zip(sweep.panel, PANEL_COLORS)), 0.5))
             row[3].set_ylabel("held-out items (final)")
         for ax, metrics, line in panels:
             for metric, color in metrics:
@@ -229,8 +229,7 @@ def plot_sweep(sweep, results, path):
                             label=SWEEP_LABELS[metric])
                 for x, v in zip(xs, finals):
                     ax.scatter([x] * len(v), v, color=color, s=8, alpha=0.5)
-            if line is not None:
-                ax.axhline(line, color="black", lw=0.8, ls=":")
+            ax.axhline(line, color="black", lw=0.8, ls=":")
             ax.set_xticks(xs, [value_label(sweep.knob, v) for v in values])
             ax.set_xlabel(sweep.label)
             ax.grid(alpha=0.3)
