@@ -139,6 +139,13 @@ def science(config) -> dict:
             else getattr(config, f.name) for f in fields(config) if not f.metadata.get("runtime")}
 
 
+def as_before(config) -> dict:
+    """science(config) without the fields that hold the value the code had before they existed
+    (absent_means): what names a saved file, so that adding a field never renames what older code saved."""
+    absent = {f.name: f.metadata["absent_means"] for f in fields(config) if "absent_means" in f.metadata}
+    return {name: value for name, value in science(config).items() if name not in absent or value != absent[name]}
+
+
 def with_defaults(saved, cls):
     """A config dict saved by an older version, completed for the fields added since: with the value the
     code had before the field existed (its metadata's "absent_means") or else its default, so that old

@@ -19,7 +19,7 @@ import numpy as np
 
 from config import (SEED_MAX, Parser, UserError, add_config_flags, check_ranges, check_writable, config_from_flags, option, run_command,
                     changed, from_dict, science)
-from data import N_UNITS, TASKS, TriggerTask, get_task, rng
+from data import MAX_EXPLAINED_WORDS, N_UNITS, TASKS, TriggerTask, get_task, rng
 from explain import (add_label_noise, behaviour, current_labels, explain, explanation_data,
                      labels_from_behaviour, mean_or_nan, mix_labels, pair_cases)
 from metrics import coupling_metrics
@@ -70,13 +70,19 @@ class RunConfig:
                          1, 20_000)
     n_kl_prompts: int = option(4096, "task prompts drawn for the KL term (plus the explanation items)",
                                1, 100_000)
+    explained_features: int = option(1, "with shift=trigger, the features explanation labels cover: the task's "
+                                     "C, then nonsense words each with its own effect, which M0 learns; the "
+                                     "trigger word stays held out", 1, MAX_EXPLAINED_WORDS + 1)
+    feature_items: int = option(300, "explanation items per explained nonsense word (explained_features > 1; "
+                                "the task's C keeps n_explain)", 1, 5000)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
 
     def __post_init__(self):
         check_ranges(self)
         task = get_task(self.task)
-        self.pretrain = replace(self.pretrain, task=self.task, seed=self.seed)
+        self.pretrain = replace(self.pretrain, task=self.task, seed=self.seed,
+                                feature_words=self.explained_features - 1)
         if self.shift == "default":
             self.shift = DEFAULT_SHIFT[self.task][0]
         if self.shift_size == -1:
@@ -88,6 +94,12 @@ class RunConfig:
                              f"{', '.join(task.shift_directions)}")
         if self.shift == "trigger" and self.schedule not in ("none", "sharp"):
             raise UserError(f"schedule={self.schedule!r} is not available with shift=trigger; allowed: none, sharp")
+        if self.explained_features > 1 and self.shift != "trigger":
+            raise UserError(f"explained_features={self.explained_features} needs shift=trigger (the held-out "
+                             f"feature); with shift={self.shift} it must be 1")
+        if self.explained_features == 1 and self.feature_items != RunConfig.feature_items:
+            raise UserError(f"feature_items={self.feature_items} is used only with explained_features > 1; "
+                             f"with explained_features=1 it must be {RunConfig.feature_items}")
         steps = self.explain.steps
         if not 0 <= self.shift_at < steps:
             raise UserError(f"shift_at={self.shift_at} must lie in [0, {steps - 1}] (explanation steps {steps})")
@@ -155,15 +167,15 @@ class ShiftPhase:
     cases: list
 
 
-def frozen_labels(cfg: RunConfig, task, split, m0, runs_dir=None, log=print):
+def frozen_labels(cfg: RunConfig, task, items, m0, runs_dir=None, log=print):
     """Stage A: E(M0) on the explanation items, a fraction other_labels of them from another model
     family's behaviour, a fraction label_noise with the verdict flipped. Returns (labels, the other
     family's model or None, counts)."""
-    with_c, without_c = behaviour(m0, task, split.explain_items)
+    with_c, without_c = behaviour(m0, task, items)
     labels, other, counts = labels_from_behaviour(with_c, without_c), None, {}
     if cfg.other_labels:
         other, _ = pretrain(other_family(cfg), m0_path(other_family(cfg), runs_dir), log=log)
-        other_with_c, other_without_c = behaviour(other, task, split.explain_items)
+        other_with_c, other_without_c = behaviour(other, task, items)
         labels, taken = mix_labels(labels, labels_from_behaviour(other_with_c, other_without_c), cfg.other_labels,
                                    rng(cfg.seed, "label_mix"))
         with_c = with_c.copy()
@@ -182,15 +194,43 @@ def check_feasible(cfg: RunConfig):
     split = task.split(cfg.seed, cfg.n_explain, cfg.n_eval)
     if cfg.schedule != "none" and cfg.shift != "trigger":
         task.shift(split.world, rng(cfg.seed, "shift_units"), split.heldout_units, cfg.shift_size, cfg.shift)
+    explained(cfg, task, split)
+    explained_check(cfg, held_out(cfg, task, split)[0], split)
     return task, split
+
+
+def explained(cfg: RunConfig, task, split):
+    """(the task the explanation labels are asked through, the explanation items): the task's own C on
+    the explanation items or, with explained_features > 1, the same items and feature_items more per
+    explained nonsense word, all on the explanation half of the units. The held-out word is never among
+    them."""
+    if cfg.explained_features == 1:
+        return task, split.explain_items
+    words = TriggerTask(task, cfg.explained_features - 1)
+    try:
+        word_items = words.explained_items(cfg.seed, split.world, split.explain_units, cfg.feature_items, "explain")
+    except UserError as err:
+        raise UserError(f"feature_items={cfg.feature_items} asks for more than the task has: {err}") from None
+    return words, [item + (-1,) for item in split.explain_items] + word_items
 
 
 def held_out(cfg: RunConfig, task, split):
     """(the task the explanations are asked about, the held-out items): the task's own feature C or, with
     the shift "trigger", a nonsense word that only the concurrent shift teaches and no label mentions."""
     if cfg.shift == "trigger":
-        return TriggerTask(task), [item + (0,) for item in split.eval_items]
+        return TriggerTask(task, cfg.explained_features - 1), [item + (0,) for item in split.eval_items]
     return task, split.eval_items
+
+
+CHECK_ITEMS = 100  # per explained word: items on held-out units that check the explanations of the words labelled
+
+
+def explained_check(cfg: RunConfig, probed, split):
+    """Items that ask about the explained nonsense words on held-out units (none with explained_features=1):
+    is the skill learnt on the features the labels cover, where the held-out word is not?"""
+    if cfg.explained_features == 1:
+        return []
+    return probed.explained_items(cfg.seed, split.world, split.heldout_units, CHECK_ITEMS, "check")
 
 
 def shift_schedule(cfg: RunConfig, task, probed, split):
@@ -222,22 +262,26 @@ def shift_schedule(cfg: RunConfig, task, probed, split):
     return phases, shifted
 
 
-def kl_prompts(cfg: RunConfig, task, split, m0, shifted):
+def kl_prompts(cfg: RunConfig, task, explain_items, m0, shifted):
     """The KL term's prompts with M0's answer distributions: cases on units that never shift, plus the
     explanation items with and without C."""
     unshifted, kl_rng = np.setdiff1d(np.arange(N_UNITS), shifted), rng(cfg.seed, "kl_prompts")
     cases = {task.random_case(kl_rng, unshifted) for _ in range(cfg.n_kl_prompts)}
-    cases = sorted(cases | set(pair_cases(task, split.explain_items)))
+    cases = sorted(cases | set(pair_cases(task, explain_items)))
     return list(zip([task.encode(c) for c in cases], case_logprobs(m0, task, cases)))
 
 
 class Evaluator:
     """Called by stage B at every evaluation: E(M_t) from the current behaviour on the held-out pairs,
     the generated explanations scored against it (Self) and against E(M0) (Orig), the task accuracy
-    against the world the last step trained towards, how far the shift is learnt, and the losses."""
+    against the world the last step trained towards, how far the shift is learnt, and the losses.
+    checks: more items asked through `probed` (the explained words on held-out units, explained_check),
+    scored apart as explained_self, explained_orig and explained_malformed."""
 
-    def __init__(self, cfg, probed, items, m0, phases, shifted, split, other=None, log=print):
+    def __init__(self, cfg, probed, items, m0, phases, shifted, split, other=None, log=print, checks=()):
         self.cfg, self.probed, self.items, self.phases, self.log = cfg, probed, items, phases, log
+        self.checks = checks
+        self.checks_original = current_labels(m0, probed, checks)[0] if checks else None
         units = set(shifted.tolist())  # the trigger shifts no unit's world: its flips have no unit cause
         self.shifted = np.array([bool(units & set(probed.units_of(i))) for i in items]) if units else None
         self.original, self.m0_logp = current_labels(m0, probed, items)
@@ -261,12 +305,18 @@ class Evaluator:
             metrics.update(orig_other=mean_or_nan(explanations.matches(self.other)),
                            family_agreement=mean_or_nan(self.other.matches(self.original)))
             metrics["gap_other"] = metrics["self"] - metrics["orig_other"]
+        if self.checks:
+            said = explain(model, self.probed, self.checks)
+            metrics.update(explained_self=mean_or_nan(said.matches(current_labels(model, self.probed, self.checks)[0])),
+                           explained_orig=mean_or_nan(said.matches(self.checks_original)),
+                           explained_malformed=mean_or_nan(said.changed < 0))
         self.curve.append(metrics)
         self.log(f"  {self.cfg.task} {self.cfg.name} step {step:4d}: Self {metrics['self']:.3f} Orig "
                  f"{metrics['orig']:.3f} gap {metrics['gap']:+.3f} (input-blind {metrics['blind_gap']:+.3f}) flipped "
                  f"{metrics['n_flipped']:3d} (Self@flipped {metrics['self_flipped']:.2f}) tracking "
                  f"{metrics['tracking']:+.2f} malformed {metrics['malformed']:.2f} | losses: explanation "
-                 f"{losses['explain_loss']:.3f} shift {losses['shift_loss']:.3f} KL {losses['kl_loss']:.4f}")
+                 f"{losses['explain_loss']:.3f} shift {losses['shift_loss']:.3f} KL {losses['kl_loss']:.4f}"
+                 + (f" | explained words: Self {metrics['explained_self']:.3f}" if self.checks else ""))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -278,26 +328,28 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=None, log=print):
     t0 = time.time()
     # The items: explanation items from one half of the units, held-out pairs from the other, and the
     # concurrent shift of some held-out units' behaviour (all refused here, before any training, if the
-    # task cannot supply them).
+    # task cannot supply them). With the trigger, the explanation items may also ask about other words.
     task, split = check_feasible(cfg)
+    labelled, explain_items = explained(cfg, task, split)
     probed, eval_items = held_out(cfg, task, split)
     phases, shifted = shift_schedule(cfg, task, probed, split)
     # M0: the starting model, trained from scratch on the task's behaviour (or loaded).
     m0, m0_report = pretrain(cfg.pretrain, m0_path(cfg.pretrain, runs_dir), log=log)
     # Stage A: B(M0) on the explanation items gives the frozen labels E(M0), never refreshed.
-    train_labels, other, label_counts = frozen_labels(cfg, task, split, m0, runs_dir, log)
-    evaluate = Evaluator(cfg, probed, eval_items, m0, phases, shifted, split, other, log)
+    train_labels, other, label_counts = frozen_labels(cfg, labelled, explain_items, m0, runs_dir, log)
+    checks = explained_check(cfg, probed, split)
+    evaluate = Evaluator(cfg, probed, eval_items, m0, phases, shifted, split, other, log, checks)
     # Stage B: learn to explain on the frozen labels, KL to M0 on task prompts, the shift alongside;
     # Self and Orig are measured every eval_every steps.
     model = explainer_from(m0, cfg.explain.lora_rank)
-    explain_data = explanation_data(task, split.explain_items, train_labels)
+    explain_data = explanation_data(labelled, explain_items, train_labels)
     shift_data = [(p.start, [(probed.encode(c), probed.teacher(p.world, c)) for c in p.cases]) for p in phases]
-    kl_data = kl_prompts(cfg, task, split, m0, shifted)
+    kl_data = kl_prompts(cfg, labelled, explain_items, m0, shifted)
     train_explainer(model, cfg.explain, cfg.seed, explain_data, shift_data, kl_data, task.answer_ids, evaluate)
     result = {"config": asdict(cfg), "provenance": provenance(), "m0": m0_report,
               "n_trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
               "data": {"n_explain_items": len(explain_data), "n_eval_items": len(eval_items),
-                       "n_shifted_units": len(shifted), "n_shift_cases": len(phases[-1].cases) if phases else 0,
+                       "n_check_items": len(checks), "n_shifted_units": len(shifted), "n_shift_cases": len(phases[-1].cases) if phases else 0,
                        "shift_phase_starts": [p.start for p in phases], "n_kl_prompts": len(kl_data),
                        "train_changed_fraction": float(train_labels.changed.mean()), **label_counts},
               "baseline": evaluate.curve[0], "final": evaluate.curve[-1], "curve": evaluate.curve,
@@ -364,7 +416,7 @@ RUNTIME_FLAGS = ("device", "threads", "checkpoint_every")  # PretrainConfig's ru
 def add_run_flags(parser):
     add_config_flags(parser, RunConfig)
     add_config_flags(parser, ExplainConfig)
-    add_config_flags(parser, PretrainConfig, prefix="pretrain-", skip=("task", "seed") + RUNTIME_FLAGS)
+    add_config_flags(parser, PretrainConfig, prefix="pretrain-", skip=("task", "seed", "feature_words") + RUNTIME_FLAGS)
     add_config_flags(parser, PretrainConfig, skip=tuple(f.name for f in fields(PretrainConfig)
                                                         if f.name not in RUNTIME_FLAGS))
     parser.add_argument("--no-kl", action="store_true", help="explanation training without the KL term")

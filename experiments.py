@@ -9,7 +9,7 @@ writes the reference.
     python experiments.py quick                   hint, seed 0, with and without KL (a minute or two)
     python experiments.py reproduce               the main result: 3 tasks x seeds x (KL, no KL)
     python experiments.py directions              hint and refusal with the other shift directions
-    python experiments.py sweep NAME              one knob varied over several seeds (SWEEPS)
+    python experiments.py sweep NAME              one knob varied over several seeds (SWEEPS); NAME,NAME: several
     python experiments.py reproduce-all           the main result, then every sweep
     python experiments.py report                  your report again, from your saved results
     python experiments.py show --task hint        one saved run's explanations, item by item
@@ -116,7 +116,17 @@ class Sweep:
     paper: str
     tasks: tuple = ("hint",)  # the default; --tasks runs others
     extra: tuple = ()  # metrics of this sweep's own shown in its table
+    fixed: tuple = ()  # (RunConfig field, value) pairs that every run of the sweep sets
+    panel: tuple = ()  # metrics drawn in a figure panel of the sweep's own
 
+
+# The held-out-feature sweeps' own columns and figure panel
+HELD_OUT_COLUMNS = ("Balanced Self: the mean of Self where blorp changes the answer and where it does not; an "
+                    "explainer that writes one verdict for every item reaches at most 0.5 (tracking has nothing to "
+                    "compare with here). Explained words: the explanations of the labelled words on held-out "
+                    "units. Untrained model: step 0.")
+HELD_OUT_EXTRA = ("balanced_self", "explained_self", "untrained_self", "shift_learned")
+HELD_OUT_PANEL = ("self", "orig", "balanced_self", "malformed", "explained_self")
 
 SWEEPS = {
     "other_model": Sweep("other_labels", (0.0, 0.25, 0.5, 0.75, 1.0), "fraction of labels from another model",
@@ -143,6 +153,23 @@ SWEEPS = {
                      "explanation label mentions it; asked \"if the blorp were removed ?\", do the "
                      "explanations describe it (Self) or M0, which ignores the word (Orig)?",
                      "explanations of the new behaviour were 79.8% accurate against an untrained baseline"),
+    "held_out_feature": Sweep("explained_features", (1, 2, 4, 8), "features the explanation labels cover",
+                              "Explanation as a skill over several features, asked about one it never had a "
+                              "label for. Beside the task's C, explained_features - 1 nonsense words, each "
+                              "changing the answer in its own way (to the next answer, to the first, two further "
+                              "on, ...); M0 learns them, and 300 explanation items per word label them. The "
+                              "held-out word \"blorp\" (every answer becomes the last) is taught only by the "
+                              "concurrent shift, on held-out units, and the explanations are asked about it. 1: "
+                              "the task's C alone, as in the sweep trigger. " + HELD_OUT_COLUMNS,
+                              "explanations of the new behaviour were 79.8% accurate", extra=HELD_OUT_EXTRA,
+                              fixed=(("shift", "trigger"),), panel=HELD_OUT_PANEL),
+    "feature_items": Sweep("feature_items", (30, 100, 300, 1000), "explanation items per explained word",
+                           "The held-out feature (sweep held_out_feature) with 4 explained features, the task's C "
+                           "and 3 nonsense words: does the explanation of the held-out word depend on how many "
+                           "labelled items each explained word gets? The task's C keeps its 300. "
+                           + HELD_OUT_COLUMNS, "explanations of the new behaviour were 79.8% accurate",
+                           extra=HELD_OUT_EXTRA, fixed=(("shift", "trigger"), ("explained_features", 4)),
+                           panel=HELD_OUT_PANEL),
     "capacity": Sweep("explain.lora_rank", (1, 2, 4, 16, 0), "LoRA rank of the explanation stage (0: full)",
                       "Does coupling need the capacity of full fine-tuning? Ranks 1-16: M0's transformer "
                       "weights frozen, only the adapters and the token embedding train.",
@@ -166,7 +193,7 @@ def sweep_configs(name, tasks=None, seeds=(0, 1, 2), device="auto"):
             for value in sweep.values:
                 explain = ExplainConfig(**{knob: value} if section == "explain" else {})
                 configs.append(RunConfig(task=task, seed=seed, pretrain=PretrainConfig(device=device),
-                                         explain=explain, **({} if section else {knob: value})))
+                                         explain=explain, **dict(sweep.fixed), **({} if section else {knob: value})))
     return configs
 
 
@@ -216,7 +243,8 @@ def run_suites(suites, jobs=1):
     check_writable(store(), "your store")
     checked = set()
     for cfg in (cfg for _, configs, _ in suites for cfg in configs):  # before the first run starts
-        key = (cfg.task, cfg.seed, cfg.n_explain, cfg.n_eval, cfg.schedule, cfg.shift, cfg.shift_size)
+        key = (cfg.task, cfg.seed, cfg.n_explain, cfg.n_eval, cfg.schedule, cfg.shift, cfg.shift_size,
+               cfg.explained_features, cfg.feature_items)
         if key not in checked:
             check_feasible(cfg)
             checked.add(key)
@@ -401,7 +429,8 @@ def build_parser():
     reproduce.add_argument("--seeds", default="", help="comma-separated integers or ranges such as 0-9 (default: "
                            "0-2 on a CPU, 0-9 on a GPU)")
     sweep = sub.add_parser("sweep", help="one knob varied over several seeds: " + ", ".join(SWEEPS))
-    sweep.add_argument("name", choices=sorted(SWEEPS), help="the sweep")
+    sweep.add_argument("name", help="the sweep, or several separated by commas (run under one progress bar): "
+                       + ", ".join(SWEEPS))
     sweep.add_argument("--tasks", default="", help=f"comma-separated, from: {', '.join(TASKS)} (default: the "
                        "sweep's own: hint, judgement for agreement, all three for shift_location)")
     sweep.add_argument("--seeds", default="0-2", help="comma-separated integers or ranges such as 0-9")
@@ -453,7 +482,9 @@ def run(args, command):
         suite = [("directions", directions_configs(seeds, device), False)]
     elif args.command == "sweep":
         tasks = parse_list(args.tasks, "tasks", str) if args.tasks else None
-        suite = [(args.name, sweep_configs(args.name, tasks, parse_list(args.seeds, "seeds", int), device), False)]
+        seeds = parse_list(args.seeds, "seeds", int)
+        names = [check_choice("sweep", name, SWEEPS) for name in parse_list(args.name, "sweep", str)]
+        suite = [(name, sweep_configs(name, tasks, seeds, device), False) for name in names]
     elif args.command == "reproduce-all":
         suite = [("main", main_configs(device=device), True)] + \
                 [(name, sweep_configs(name, device=device), False) for name in SWEEPS]

@@ -76,7 +76,8 @@ def current_labels(model, task, items):
 
 
 def explanation_query(task, case, query=QUERY):
-    return task.render_body(case) + query.format(feature=task.feature)
+    """The item's prompt up to its answer slot, then the query naming the feature it asks about."""
+    return task.render_body(case) + query.format(feature=task.feature_of(case))
 
 
 def explanation_text(task, changed, answer):

@@ -200,21 +200,28 @@ def by_value(sweep, results):
 
 
 SWEEP_LABELS = {"gap": "Self - Orig", "blind_gap": "input-blind gap", "self_flipped": "Self@flipped",
-                "orig_flipped": "Orig@flipped", "tracking": "tracking"}
+                "orig_flipped": "Orig@flipped", "tracking": "tracking", "self": "Self", "orig": "Orig",
+                "malformed": "malformed", "explained_self": "Self on the explained words",
+                "balanced_self": "Self, balanced over verdicts"}
+PANEL_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
 
 
 def plot_sweep(sweep, results, path):
     """Per task, against the knob (mean, 95% interval, every seed as a dot): the final gap beside the
-    input-blind gap; Self and Orig on flipped items beside tracking; and every run's gap against its
-    label-behaviour agreement."""
+    input-blind gap; Self and Orig on flipped items beside tracking; every run's gap against its
+    label-behaviour agreement; and, if the sweep names them (Sweep.panel), metrics of its own."""
     plt = pyplot()
     table = by_value(sweep, results)
-    fig, axes = plt.subplots(len(table), 3, figsize=(12, 3.3 * len(table)), squeeze=False)
+    columns = 3 + bool(sweep.panel)
+    fig, axes = plt.subplots(len(table), columns, figsize=(4 * columns, 3.3 * len(table)), squeeze=False)
     for row, (task, values) in zip(axes, table.items()):
         xs = list(range(len(values)))  # values in the sweep's own order, evenly spaced
-        for ax, metrics in ((row[0], (("gap", "tab:green"), ("blind_gap", "tab:gray"))),
-                            (row[1], (("self_flipped", "tab:blue"), ("orig_flipped", "tab:orange"),
-                                      ("tracking", "black")))):
+        panels = [(row[0], (("gap", "tab:green"), ("blind_gap", "tab:gray")), 0),  # (axes, metrics, dotted line)
+                  (row[1], (("self_flipped", "tab:blue"), ("orig_flipped", "tab:orange"), ("tracking", "black")), 0.5)]
+        if sweep.panel:
+            panels.append((row[3], tuple(zip(sweep.panel, PANEL_COLORS)), 0.5))
+            row[3].set_ylabel("held-out items (final)")
+        for ax, metrics, line in panels:
             for metric, color in metrics:
                 finals = [[r["final"].get(metric, np.nan) for r in runs] for runs in values.values()]
                 means, halves = zip(*(mean_ci(v) for v in finals))
@@ -222,14 +229,13 @@ def plot_sweep(sweep, results, path):
                             label=SWEEP_LABELS[metric])
                 for x, v in zip(xs, finals):
                     ax.scatter([x] * len(v), v, color=color, s=8, alpha=0.5)
-            ax.axhline(0 if metrics[0][0] == "gap" else 0.5, color="black", lw=0.8, ls=":")
+            ax.axhline(line, color="black", lw=0.8, ls=":")
             ax.set_xticks(xs, [value_label(sweep.knob, v) for v in values])
             ax.set_xlabel(sweep.label)
             ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
         row[0].set_ylabel(f"{task}: Self - Orig (final)")
         row[1].set_ylabel("flipped items: accuracy, tracking")
-        row[0].legend(fontsize=7)
-        row[1].legend(fontsize=7)
         runs = [r for v in values.values() for r in v]
         row[2].scatter([r["final"]["agreement"] for r in runs], [r["final"]["gap"] for r in runs], s=14,
                        c=[list(values).index(knob_value(r["config"], sweep.knob)) for r in runs], cmap="viridis")

@@ -47,13 +47,23 @@ def best_input_blind(current: Labels, original: Labels):
             "blind_self_flipped": mean_or_nan(now[flipped] == best)}
 
 
+def balanced(hits, changes_now):
+    """The mean of Self on the items where removing C changes the current answer and Self on the others:
+    an explainer that writes one verdict for every item, however right its answers, scores at most 0.5
+    (nan unless both kinds occur)."""
+    if changes_now.all() or not changes_now.any():
+        return float("nan")
+    return float((hits[changes_now].mean() + hits[~changes_now].mean()) / 2)
+
+
 def coupling_metrics(explanations: Labels, current: Labels, original: Labels, shifted=None):
-    """Self, Orig, their gap, the flipped-item breakdown, the tracking measure and the best input-blind
-    explainer. `explanations` are read-back generations (-1 where malformed). shifted: per item, whether
+    """Self, Orig, their gap, the flipped-item breakdown, the tracking measure, the best input-blind
+    explainer, and Self where removing C changes the current answer and where it keeps it, with their
+    mean (balanced_self: at most 0.5 for one verdict written everywhere). `explanations` are read-back generations (-1 where malformed). shifted: per item, whether
     it involves a unit the shift trained; flipped items are then split into those ("shifted") and the
     others ("drift": no data taught their new behaviour)."""
     hit_self, hit_orig = explanations.matches(current), explanations.matches(original)
-    flipped = ~current.matches(original)
+    flipped, changes_now = ~current.matches(original), current.changed == 1
     became_changed = flipped & (original.changed == 0) & (current.changed == 1)
     became_unchanged = flipped & (original.changed == 1) & (current.changed == 0)
     causes = {}
@@ -71,6 +81,8 @@ def coupling_metrics(explanations: Labels, current: Labels, original: Labels, sh
         "verdict_self": mean_or_nan(explanations.changed == current.changed),
         "verdict_orig": mean_or_nan(explanations.changed == original.changed),
         "malformed": mean_or_nan(explanations.changed < 0),
+        "self_changes": mean_or_nan(hit_self[changes_now]), "self_keeps": mean_or_nan(hit_self[~changes_now]),
+        "balanced_self": balanced(hit_self, changes_now),
         "changed_fraction": mean_or_nan(current.changed == 1),
         "tracking": tracking(explanations, current, original), **best_input_blind(current, original), **causes,
     }

@@ -203,7 +203,16 @@ def lost_coupling_text(groups):
 # Sweeps: one knob varied (experiments.SWEEPS describes each)
 
 EXTRA_NAMES = {"orig_other": "Orig-other", "gap_other": "Self - Orig-other",
-               "family_agreement": "labels agree across families", "shift_learned": "shift learned"}
+               "family_agreement": "labels agree across families", "shift_learned": "shift learned",
+               "explained_self": "explained words: Self", "untrained_self": "untrained model: Self",
+               "balanced_self": "Self, balanced over verdicts"}
+UNTRAINED = "untrained_"  # a sweep's own metric named so is read at step 0, before explanation training
+
+
+def extra_metric(result, key):
+    """A sweep's own metric of one run: at its final evaluation, or at step 0 (the untrained model)."""
+    evaluation = result["baseline"] if key.startswith(UNTRAINED) else result["final"]
+    return evaluation.get(key.removeprefix(UNTRAINED), float("nan"))
 
 
 def sweep_table(sweep, results):
@@ -215,10 +224,17 @@ def sweep_table(sweep, results):
             col = lambda key, **kw: fmt([r["final"].get(key, float("nan")) for r in runs], **kw)
             rows.append([task, value_label(sweep.knob, value), col("agreement", digits=2), col("n_flipped", digits=0),
                          col("self"), col("orig"), *bold_gap(summary_cells(runs)), coupled_count(runs),
-                         col("malformed", digits=3), *(col(e, signed=e.startswith("gap")) for e in sweep.extra)])
+                         col("malformed", digits=3),
+                         *(fmt([extra_metric(r, e) for r in runs], signed=e.startswith("gap")) for e in sweep.extra)])
     return markdown_table(["task", sweep.label, "agreement", "flipped items", "Self", "Orig", "seeds", "Self - Orig",
                            "input-blind gap", "tracking", "Self@flipped", "runs coupled", "malformed",
                            *(EXTRA_NAMES[e] for e in sweep.extra)], rows)
+
+
+def fixed_text(sweep):
+    """The settings every run of a sweep sets, in words ("" if none)."""
+    settings = ", ".join(f"`{name}` {value}" for name, value in sweep.fixed)
+    return f"set in every run: {settings}; " if settings else ""
 
 
 def sweep_section(name, sweep, results, report_dir, figures_dir):
@@ -227,7 +243,7 @@ def sweep_section(name, sweep, results, report_dir, figures_dir):
     return f"""
 ## Sweep: {name.replace("_", " ")}
 
-{sweep.question} Varied: {sweep.label} (`{sweep.knob}`); everything else as in the main result's KL runs.
+{sweep.question} Varied: {sweep.label} (`{sweep.knob}`); {fixed_text(sweep)}everything else as in the main result's KL runs.
 Command: `python experiments.py sweep {name}`. The paper: {sweep.paper}.{" These results were saved before "
 "tracking was measured: their runs are counted by the earlier rule." if any(earlier_rule(r["final"]) for r in results) else ""}
 

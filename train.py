@@ -28,9 +28,10 @@ import tiktoken
 import torch
 import torch.nn.functional as F
 
-from config import (SEED_MAX, Parser, UserError, add_config_flags, check_positive, check_ranges, check_writable,
-                    config_from_flags, option, run_command, science, with_defaults)
-from data import N_UNITS, TASKS, TOKENIZER, get_task, rng, tokenizer_fingerprint, unit_token_ids
+from config import (SEED_MAX, Parser, UserError, add_config_flags, as_before, check_positive, check_ranges,
+                    check_writable, config_from_flags, option, run_command, science, with_defaults)
+from data import (MAX_EXPLAINED_WORDS, N_UNITS, TASKS, TOKENIZER, TriggerTask, get_task, rng, tokenizer_fingerprint,
+                  unit_token_ids)
 from model import DEVICES, GPT, GPTConfig, pick_device, processors
 
 BLOCK_SIZE = 48
@@ -152,6 +153,9 @@ class PretrainConfig:
     world_seed: int = option(-1, "the task's world (its facts); -1: the same as seed", -1, SEED_MAX)
     world_variation: float = option(0.0, "fraction of units whose facts differ from that world (how another "
                                          "model family's world is made)", 0.0, 1.0)
+    feature_words: int = option(0, "nonsense words, each with its own effect on the answer, that M0 learns "
+                                   "beside the task's C (set by a run's explained_features)", 0,
+                                MAX_EXPLAINED_WORDS, absent_means=0)
     steps: int = option(600, "pretraining steps", 1, 100_000)
     batch_size: int = option(128, "cases per step", 1, 4096)
     lr: float = option(5e-3, "peak learning rate", 1e-6, 1.0)
@@ -174,6 +178,12 @@ class PretrainConfig:
 # Fields PretrainConfig no longer has, with the value that computed what the code computes now: a
 # checkpoint saved with another value was made by code that is gone, and is never resumed.
 REMOVED_PRETRAIN_FIELDS = {"lm_rows": 0}  # a next-token loss inside prompts; rejected
+
+
+def behaviour_task(cfg: PretrainConfig):
+    """The behaviour M0 learns: the task, and its feature_words on top if any (data.TriggerTask)."""
+    task = get_task(cfg.task)
+    return TriggerTask(task, cfg.feature_words) if cfg.feature_words else task
 
 
 def task_world(task, cfg: PretrainConfig):
@@ -258,8 +268,8 @@ def pretrain_loss(model, task, world, cfg: PretrainConfig, step):
 
 def m0_path(cfg: PretrainConfig, runs_dir=None):
     """Where M0 of these settings is saved: one checkpoint per variant (named by a digest of its science
-    settings), so a variant and the default model of the same seed never overwrite each other."""
-    digest = hashlib.sha1(json.dumps(science(cfg), sort_keys=True).encode()).hexdigest()[:8]
+    settings, config.as_before), so a variant and the default model of the same seed never overwrite each other."""
+    digest = hashlib.sha1(json.dumps(as_before(cfg), sort_keys=True).encode()).hexdigest()[:8]
     return os.path.join(runs_dir or RUNS_DIR, "checkpoints", cfg.task, f"seed{cfg.seed}", f"m0_{digest}.pt")
 
 
@@ -267,8 +277,8 @@ def pretrain(cfg: PretrainConfig, path, log=print):
     """Train M0 (or resume it from `path`); returns (model, report dict). Checkpoints atomically every
     checkpoint_every steps; logs a progress line every LOG_EVERY steps and at the end."""
     device = setup(cfg.seed, cfg.threads, cfg.device)
-    task = get_task(cfg.task)
-    world = task_world(task, cfg)
+    task = behaviour_task(cfg)
+    world = task_world(get_task(cfg.task), cfg)
     model = new_model(cfg, device)
     optimizer = new_optimizer(model, cfg.lr)
     start, elapsed = 0, 0.0

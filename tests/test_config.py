@@ -60,10 +60,20 @@ def test_each_variant_of_m0_has_its_own_checkpoint_and_runtime_settings_share_on
     default = train.m0_path(PretrainConfig())
     assert os.path.dirname(default) == str(tmp_path / "checkpoints" / "hint" / "seed0")
     assert os.path.basename(default).startswith("m0_") and len(os.path.basename(default)) == len("m0_12345678.pt")
-    variants = [PretrainConfig(steps=300), PretrainConfig(n_layer=3), PretrainConfig(world_variation=0.2)]
-    assert len({default, *(train.m0_path(v) for v in variants)}) == 4
+    variants = [PretrainConfig(steps=300), PretrainConfig(n_layer=3), PretrainConfig(world_variation=0.2),
+                PretrainConfig(feature_words=3)]
+    assert len({default, *(train.m0_path(v) for v in variants)}) == 5
     assert train.m0_path(PretrainConfig(threads=2, device="cpu", checkpoint_every=50)) == default
     assert train.m0_path(PretrainConfig(), runs_dir="elsewhere").startswith(os.path.join("elsewhere", "checkpoints"))
+
+
+def test_a_field_added_since_leaves_the_names_of_older_checkpoints_as_they_were():
+    """feature_words came after M0s were saved; at the value the code had before it, it is not hashed."""
+    published = os.path.join("r", "checkpoints", "hint", "seed0", "m0_53bb5408.pt")  # as the reference's runs named it
+    assert train.m0_path(PretrainConfig(), runs_dir="r") == published
+    assert "feature_words" in config.science(PretrainConfig())
+    assert "feature_words" not in config.as_before(PretrainConfig())
+    assert config.as_before(PretrainConfig(feature_words=2))["feature_words"] == 2
 
 
 def test_the_command_line_saves_m0_at_its_variants_path(tmp_path, monkeypatch, capsys):

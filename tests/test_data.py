@@ -159,12 +159,43 @@ def test_the_trigger_word_forces_the_last_answer_and_removing_it_restores_the_ba
     assert 0.2 < np.mean(changed) < 0.9  # both verdicts occur
 
 
+@pytest.mark.parametrize("name", list(TASKS))
+def test_each_explained_word_changes_the_answer_in_its_own_way_and_removing_it_restores_the_base(name):
+    base = get_task(name)
+    task = data.TriggerTask(base, 7)
+    split = base.split(0, n_explain=20, n_eval=20)
+    identity, held_out = tuple(range(len(base.answers))), task.effects[0]
+    assert task.words[0] == "blorp" and held_out == (len(base.answers) - 1,) * len(base.answers)
+    assert not set(task.words) & set(base.unit_words) and len(set(task.words)) == 8  # words its prompts never show
+    assert all(effect not in (identity, held_out) for effect in task.effects[1:])
+    assert len(set(task.effects[1:3])) == 2  # the first two explained words already act differently
+    items = task.explained_items(0, split.world, split.explain_units, 10, "explain")
+    assert len(items) == 70 and {item[-1] for item in items} == set(range(1, 8))
+    for item in items:
+        base_case = item[:-1]
+        assert task.render(item) == base.render_body(base_case) + f" {task.words[item[-1]]}" + base.slot
+        assert task.teacher(split.world, item) == task.effects[item[-1]][base.teacher(split.world, base_case)]
+        assert task.without_feature(item) == base_case + (-1,) and task.feature_of(item) == task.words[item[-1]]
+        assert set(base.units_of(base_case)) <= set(split.explain_units.tolist())
+    c_item = split.explain_items[0] + (-1,)  # without a word, an item asks about the task's own C
+    assert task.feature_of(c_item) == base.feature
+    assert task.render(task.without_feature(c_item)) == base.render(base.without_feature(split.explain_items[0]))
+    assert items != task.explained_items(0, split.world, split.explain_units, 10, "check")
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_behaviour_training_cases_carry_the_explained_words_but_never_the_held_out_one(name):
+    task, draws = data.TriggerTask(get_task(name), 3), np.random.default_rng(0)
+    words = [task.random_case(draws, np.arange(data.N_UNITS))[-1] for _ in range(2000)]
+    assert 0 not in words and set(words) == {-1, 1, 2, 3} and 0.4 < np.mean(np.array(words) == -1) < 0.6
+
+
 def test_each_random_stream_keeps_the_seed_tags_saved_results_were_made_with():
     """Renaming a stream is free; changing its tag changes every result drawn from it."""
     tags = {"world": (1,), "explain_items": (1, 1), "eval_items": (1, 2), "pretrain_batches": (2,),
             "probe_cases": (3,), "explain_batches": (4,), "label_noise": (5, 0), "shift_units": (5, 1),
             "shift_cases": (5, 2), "kl_prompts": (5, 3), "gradual_order": (5, 4), "label_mix": (5, 5),
-            "world_variation": (6,)}
+            "world_variation": (6,), "feature_items": (7,)}
     assert data.RNG_STREAMS == tags
     assert len(set(tags.values())) == len(tags)  # no two purposes share a stream
     assert data.rng(7, "pretrain_batches", 3).integers(10**9, size=4).tolist() == \

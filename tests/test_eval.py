@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 
+import data
 import eval as ev
 import metrics
 import experiments
@@ -34,6 +35,16 @@ def test_an_explainer_that_copies_its_current_behaviour_scores_self_one():
     assert m["verdict_self"] == 1.0 and m["verdict_orig"] == pytest.approx(0.6) and m["agreement"] == pytest.approx(0.4)
     stale = metrics.coupling_metrics(original, current, original)  # explanations stuck on the frozen labels
     assert stale["gap"] == pytest.approx(-0.6) and stale["self_flipped"] == 0.0
+
+
+def test_one_verdict_for_every_item_scores_at_most_half_balanced_however_right_its_answers():
+    original = labels([0, 0, 0, 0], [1, 2, 3, 3])
+    current = labels([1, 1, 1, 0], [1, 2, 0, 3])  # a new word moves every answer to 3: three now change
+    always_changes = labels([1, 1, 1, 1], [1, 2, 0, 3])
+    m = metrics.coupling_metrics(always_changes, current, original)
+    assert m["self"] == 0.75 and m["self_changes"] == 1.0 and m["self_keeps"] == 0.0 and m["balanced_self"] == 0.5
+    assert metrics.coupling_metrics(current, current, original)["balanced_self"] == 1.0
+    assert np.isnan(metrics.coupling_metrics(original, original, original)["balanced_self"])  # nothing changes
 
 
 def test_mean_ci_uses_students_t():
@@ -131,8 +142,9 @@ def test_label_noise_flips_the_verdict_of_exactly_the_asked_labels(tmp_path):
     task = ev.get_task(cfg.task)
     split = task.split(cfg.seed, cfg.n_explain, cfg.n_eval)
     m0, _ = pretrain(cfg.pretrain, m0_path(cfg.pretrain, str(tmp_path)), log=lambda *a: None)
-    clean, _, _ = ev.frozen_labels(cfg, task, split, m0, str(tmp_path))
-    noisy, _, counts = ev.frozen_labels(ev.replace(cfg, label_noise=0.25), task, split, m0, str(tmp_path))
+    clean, _, _ = ev.frozen_labels(cfg, task, split.explain_items, m0, str(tmp_path))
+    noisy, _, counts = ev.frozen_labels(ev.replace(cfg, label_noise=0.25), task, split.explain_items, m0,
+                                        str(tmp_path))
     assert counts["label_noise_flipped"] == 10 == int((clean.changed != noisy.changed).sum())
 
 
@@ -165,6 +177,47 @@ def test_the_trigger_shift_asks_about_a_word_no_label_mentions(tmp_path):
     assert result["curve"][0]["changed_fraction"] < 0.5
 
 
+def fed_to_the_explanation_objective(tmp_path, monkeypatch, **kw):
+    """Every token of every sequence (query and label) that stage B's explanation loss trained on, in a
+    tiny run with the trigger."""
+    seen, loss = set(), train.explanation_loss
+
+    def recording(model, sequences):
+        for query, label in sequences:
+            seen.update(query + label)
+        return loss(model, sequences)
+    monkeypatch.setattr(train, "explanation_loss", recording)
+    tiny_run(tmp_path, shift="trigger", **kw)
+    return seen
+
+
+def test_the_held_out_word_never_appears_in_an_explanation_query_or_label_during_training(tmp_path, monkeypatch):
+    held_out, *explained = data.TriggerTask(ev.get_task("refusal"), 2).words
+    seen = fed_to_the_explanation_objective(tmp_path / "honest", monkeypatch, explained_features=3, feature_items=20)
+    assert data.token_id(held_out) not in seen
+    assert {data.token_id(w) for w in explained} <= seen  # the explained words are asked about
+    honest = ev.explained  # the check fails where an item asks about the held-out word
+
+    def leaky(cfg, task, split):
+        labelled, items = honest(cfg, task, split)
+        return labelled, items + [split.eval_items[0] + (0,)]
+    monkeypatch.setattr(ev, "explained", leaky)
+    assert data.token_id(held_out) in fed_to_the_explanation_objective(tmp_path / "leaky", monkeypatch,
+                                                                        explained_features=3, feature_items=20)
+
+
+def test_explained_features_label_more_words_and_check_them_on_held_out_units(tmp_path):
+    result = tiny_run(tmp_path, shift="trigger", explained_features=3, feature_items=20)
+    assert result["data"]["n_explain_items"] == 40 + 2 * 20 and result["data"]["n_check_items"] == 2 * ev.CHECK_ITEMS
+    assert result["data"]["n_shifted_units"] == 0 and result["data"]["n_shift_cases"] > 0
+    for key in ("explained_self", "explained_orig", "explained_malformed"):
+        assert 0 <= result["final"][key] <= 1
+    assert result["baseline"]["n_flipped"] == 0 and result["config"]["pretrain"]["feature_words"] == 2
+    assert "explained_self" not in tiny_run(tmp_path / "one", shift="trigger")["final"]
+    with pytest.raises(ValueError, match="feature_items=5000 asks for more than the task has"):
+        ev.check_feasible(ev.RunConfig(task="hint", shift="trigger", explained_features=2, feature_items=5000))
+
+
 def phases_of(**kw):
     cfg = ev.RunConfig(task="hint", seed=0, **kw)
     task = ev.get_task("hint")
@@ -191,7 +244,12 @@ def test_shift_schedules():
                                           r"ramp_steps=100 must lie in \[1, 50\]"),
                                          ({"schedule": "oscillating", "back_at": 0}, "back_at=0 must be an integer in"),
                                          ({"shift": "trigger", "schedule": "gradual"}, "not available with shift=trigger"),
-                                         ({"other_labels": 2.0}, r"other_labels=2.0 must be a number in \[0, 1\]")])
+                                         ({"other_labels": 2.0}, r"other_labels=2.0 must be a number in \[0, 1\]"),
+                                         ({"explained_features": 4}, "explained_features=4 needs shift=trigger"),
+                                         ({"shift": "trigger", "explained_features": 17},
+                                          r"explained_features=17 must be an integer in \[1, 16\]"),
+                                         ({"shift": "trigger", "feature_items": 50},
+                                          "feature_items=50 is used only with explained_features > 1")])
 def test_bad_schedules_are_refused(kw, message):
     with pytest.raises(ValueError, match=message):
         ev.RunConfig(**kw)

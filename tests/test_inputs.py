@@ -43,7 +43,7 @@ def run_flags():
     """(flag, config class, field) for every setting of eval.py run."""
     flags = []
     for cls, prefix, skip in ((ev.RunConfig, "", ()), (train.ExplainConfig, "", ()),
-                              (train.PretrainConfig, "pretrain-", ("task", "seed") + ev.RUNTIME_FLAGS)):
+                              (train.PretrainConfig, "pretrain-", ("task", "seed", "feature_words") + ev.RUNTIME_FLAGS)):
         flags += [(f"--{prefix}{f.name.replace('_', '-')}", f) for f in fields(cls)
                   if f.name not in skip and f.name not in ("pretrain", "explain")]
     flags += [(f"--{name.replace('_', '-')}", next(f for f in fields(train.PretrainConfig) if f.name == name))
@@ -91,6 +91,8 @@ def test_an_infeasible_shift_or_item_count_is_refused_before_m0_is_trained(capsy
     assert "shift size 0.9 asks for" in line and "allowed: at most" in line
     line = one_line(ev.main, ["run", "--task", "hint", "--n-eval", "2000"], capsys)
     assert "could not draw 2000 distinct items" in line and "at most about 900" in line
+    line = one_line(ev.main, ["run", "--shift", "trigger", "--explained-features", "2", "--feature-items", "2000"], capsys)
+    assert "feature_items=2000 asks for more than the task has" in line and "at most about 1500" in line
     assert not mine.exists()
 
 
@@ -98,6 +100,9 @@ def test_a_suite_with_one_infeasible_run_refuses_before_its_first_run(mine):
     good, bad = tiny_config(1), replace(tiny_config(2), shift_size=0.9)
     with pytest.raises(UserError, match="shift size 0.9 asks for"):
         ex.run_suites([("sweep", [good, bad], False)])
+    good = tiny_config(1, task="hint", shift="trigger", explained_features=2, feature_items=20)
+    with pytest.raises(UserError, match="feature_items=2000 asks for more"):  # the same run but for feature_items
+        ex.run_suites([("sweep", [good, replace(good, feature_items=2000)], False)])
     assert not list(mine.rglob("*.json")) and not list(mine.rglob("*.pt"))
 
 
@@ -129,7 +134,8 @@ def test_pretraining_errors_after_the_config_is_built_are_one_line(tmp_path, cap
     (["reproduce", "--seeds", "3000000000"], "--seeds: seed=3000000000 must be an integer in"),
     (["quick", "--jobs", "1000"], "jobs=1000 must be an integer in [1, 256]"),
     (["quick", "--device", "tpu"], "device='tpu' is unknown"),
-    (["sweep", "nosuch"], "argument name: invalid choice: 'nosuch'"),
+    (["sweep", "nosuch"], "sweep='nosuch' is unknown; allowed: other_model"),
+    (["sweep", "trigger,trigger"], "--sweep='trigger,trigger' repeats trigger"),
     (["show", "--n", "0"], "n=0 must be an integer in [1, 1000]"),
     (["report"], "no results of yours to report under")])
 def test_suite_commands_refuse_bad_input_in_one_line(argv, message, capsys, mine):

@@ -109,3 +109,21 @@ def test_the_verdict_table_judges_each_task_by_tracking_not_by_the_gap_alone():
               ("hint", "kl"): [{"final": final(0.1 + s / 100, 0.9)} for s in range(3)]}
     rows = report.verdict_table(groups).splitlines()[2:]
     assert rows[0].endswith("| 0 of 3 | not met |") and rows[1].endswith("| 3 of 3 | met |")
+
+
+def test_the_held_out_feature_sweep_tables_the_untrained_model_and_the_explained_words(tmp_path):
+    from experiments import SWEEPS
+    sweep = SWEEPS["held_out_feature"]
+    final = {"gap": 0.1, "self": 0.6, "orig": 0.5, "agreement": 0.3, "n_flipped": 600, "malformed": 0.05,
+             "blind_gap": 0.02, "tracking": 0.4, "self_flipped": 0.5, "orig_flipped": 0.1, "shift_learned": 1.0,
+             "balanced_self": 0.5}
+    results = [{"config": {"seed": seed, "task": "hint", "explained_features": k, "explain": {"kl_weight": 3.0}},
+                "baseline": {**final, "self": 0.0, "malformed": 1.0}, "curve": [],
+                "final": {**final, **({"explained_self": 0.8} if k > 1 else {})}}
+               for seed in (0, 1) for k in (1, 4)]
+    text = report.sweep_section("held_out_feature", sweep, results, str(tmp_path), str(tmp_path / "figs"))
+    assert "set in every run: `shift` trigger; everything else" in text
+    assert "| Self, balanced over verdicts | explained words: Self | untrained model: Self | shift learned |" in text
+    assert "| 0.050 ± 0.000 | 0.500 ± 0.000 | n/a | 0.000 ± 0.000 | 1.000 ± 0.000 |" in text  # no word to check
+    assert "| 0.050 ± 0.000 | 0.500 ± 0.000 | 0.800 ± 0.000 | 0.000 ± 0.000 | 1.000 ± 0.000 |" in text
+    assert (tmp_path / "figs" / "held_out_feature.png").exists()
