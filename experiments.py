@@ -33,7 +33,7 @@ from eval import (REFERENCE, RunConfig, add_run_flags, check_feasible, config_fr
                   pretrained_models, read_result, run_coupling)
 from metrics import is_kl
 from model import pick_device
-from report import comparison, group, markdown_table, verdict_table, write_report, write_text
+from report import comparison, group, held_out_table, markdown_table, verdict_table, write_report, write_text
 from train import REPO, ExplainConfig, PretrainConfig, load_checkpoint, pretrain, write_json
 
 MAIN_TASKS = ("hint", "judgement", "refusal")
@@ -368,7 +368,9 @@ def publish(experiments):
     write_report(results, os.path.join(REPO, "REPORT.md"), os.path.join(REPO, "figures"),
                  sweeps=saved_sweeps(store(reference=True)), about=about, command="make publish",
                  directions=load_results(os.path.join(store(reference=True), "directions")))
-    fill_readme({"main table": verdict_table(group(results)), "ranges": ranges_table()})
+    held_out = load_results(os.path.join(store(reference=True), "held_out_feature"))
+    fill_readme({"main table": verdict_table(group(results)), "ranges": ranges_table(),
+                 "new behaviour": held_out_table(SWEEPS["held_out_feature"], held_out) if held_out else "not yet published"})
     print("rebuilt REPORT.md, figures/ and the README's main table and ranges from results/ and the code")
 
 

@@ -231,6 +231,21 @@ def sweep_table(sweep, results):
                            *(EXTRA_NAMES[e] for e in sweep.extra)], rows)
 
 
+def held_out_table(sweep, results):
+    """The README's new-behaviour table: per number of explained features, the held-out word's Self,
+    Orig, Self@flipped, balanced Self and malformed rate, the labelled words' Self, and the untrained
+    model's Self (mean ± 95% interval over seeds)."""
+    rows = []
+    for task, values in by_value(sweep, results).items():
+        for value, runs in values.items():
+            col = lambda key, **kw: fmt([extra_metric(r, key) for r in runs], digits=2, **kw)
+            rows.append([task, value_label(sweep.knob, value), len(runs), col("self"), col("orig"),
+                         col("self_flipped"), f"**{col('balanced_self')}**", col("malformed"),
+                         col("explained_self"), col("untrained_self")])
+    return markdown_table(["task", sweep.label, "seeds", "Self", "Orig", "Self@flipped", "balanced Self", "malformed",
+                           "labelled words: Self", "untrained: Self"], rows)
+
+
 def fixed_text(sweep):
     """The settings every run of a sweep sets, in words ("" if none)."""
     settings = ", ".join(f"`{name}` {value}" for name, value in sweep.fixed)
