@@ -127,3 +127,18 @@ def test_the_held_out_feature_sweep_tables_the_untrained_model_and_the_explained
     assert "| 0.050 ± 0.000 | 0.500 ± 0.000 | n/a | 0.000 ± 0.000 | 1.000 ± 0.000 |" in text  # no word to check
     assert "| 0.050 ± 0.000 | 0.500 ± 0.000 | 0.800 ± 0.000 | 0.000 ± 0.000 | 1.000 ± 0.000 |" in text
     assert (tmp_path / "figs" / "held_out_feature.png").exists()
+
+
+def test_the_new_behaviour_table_reads_the_held_out_word_and_the_untrained_model():
+    from experiments import SWEEPS
+
+    def run(k, seed, balanced):
+        final = {"self": 0.5, "orig": 0.25, "self_flipped": 0.75, "balanced_self": balanced, "malformed": 0.0,
+                 "explained_self": 0.9}
+        return {"config": {"task": "hint", "seed": seed, "explained_features": k}, "final": final,
+                "baseline": {"self": 0.0}}
+    table = report.held_out_table(SWEEPS["held_out_feature"], [run(8, 1, 0.6), run(1, 0, 0.5), run(8, 0, 0.4)])
+    rows = table.splitlines()[2:]
+    assert [row.split(" | ")[1] for row in rows] == ["1", "8"]  # the sweep's own order
+    assert rows[1].split(" | ")[2:4] == ["2", "0.50 ± 0.00"] and "**0.50 ± 1.27**" in rows[1]
+    assert rows[1].endswith("| 0.90 ± 0.00 | 0.00 ± 0.00 |")  # the labelled words, then the untrained model
