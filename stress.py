@@ -271,10 +271,10 @@ def map_axes(lines, task):
     return levels, [line.schedule for line in mine], lambda size, schedule: (task, size, schedule, 0.0)
 
 
-def plot_map(table, lines, column_label, path):
+def plot_map(table, lines, found, column_label, path):
     """One map per task: the coupled rate of each point (the runs coupled over the runs, and the mean
-    tracking), and its gap above the best input-blind explainer's; each line's boundary in red, with its
-    interval."""
+    tracking), and its gap above the best input-blind explainer's; each line's boundary (found: {line:
+    boundary or None}) in red, with its interval."""
     plt = pyplot()
     fig, axes = plt.subplots(2, len(MAP_TASKS), figsize=(4.6 * len(MAP_TASKS), 7.4), squeeze=False)
     for col, task in enumerate(MAP_TASKS):
@@ -297,13 +297,10 @@ def plot_map(table, lines, column_label, path):
                     ax.text(j, i, label, ha="center", va="center", fontsize=7,
                             color="white" if row == 0 and grid[i, j] < 0.5 else "black")
             image = ax.imshow(grid, cmap=cmap, vmin=limits[0], vmax=limits[1], aspect="auto")
-            for line in (line for line in lines if line.task == task):
-                found = boundary(*line_outcomes(line, table))
-                if found is None:
-                    continue
+            for line in (line for line in lines if line.task == task and found[line]):
                 along_row = line.knob == "label noise"
                 axis = columns if along_row else rows
-                where = np.interp([found["at"], found["low"], found["high"]], axis, range(len(axis)))
+                where = np.interp([found[line][k] for k in ("at", "low", "high")], axis, range(len(axis)))
                 across = [rows.index(line.size) if along_row else columns.index(line.schedule)] * 3
                 x, y = (where, across) if along_row else (across, where)
                 ax.plot(x[1:], y[1:], color="red", lw=2, alpha=0.7)
@@ -335,10 +332,9 @@ def points_table(table, keys):
                           rows)
 
 
-def boundary_text(line, table):
-    """A line's boundary in words, with the runs at the two levels around it."""
+def boundary_text(line, table, found):
+    """A line's boundary (found, from `boundary`) in words, with the runs at the two levels around it."""
     levels, outcomes = line_outcomes(line, table)
-    found = boundary(levels, outcomes)
     if found is None:
         side = "couples" if outcomes and np.mean(outcomes[0]) >= 0.5 else "fails"
         runs = ", ".join(f"{v:g} ({int(sum(o))}/{len(o)})" for v, o in zip(levels, outcomes))
@@ -352,15 +348,16 @@ def boundary_text(line, table):
             f"(interval {found['low']:.3g} to {found['high']:.3g}); {'; '.join(around)}")
 
 
-def boundaries_table(table, lines):
-    rows = [[line.title(), "yes" if line.reported else "one seed", boundary_text(line, table)] for line in lines]
+def boundaries_table(texts):
+    """texts: {line: its boundary in words}"""
+    rows = [[line.title(), "yes" if line.reported else "one seed", text] for line, text in texts.items()]
     return markdown_table(["line", "reported (3 seeds next to it)", "boundary of the coupled rate"], rows)
 
 
-def readme_lines(table, lines):
-    """One line per task for the README: its reported boundaries."""
+def readme_lines(texts):
+    """One line per task for the README: its reported boundaries (texts: {line: its boundary in words})."""
     where = lambda line: "label noise at the default size" if line.knob == "label noise" else "shift size"
-    return "\n".join(f"- {task}: " + " | ".join(f"{where(line)} {boundary_text(line, table)}" for line in lines
+    return "\n".join(f"- {task}: " + " | ".join(f"{where(line)} {text}" for line, text in texts.items()
                                                if line.task == task and line.reported) for task in MAP_TASKS)
 
 
@@ -429,11 +426,13 @@ def write_stress_report(results, path, figures_dir, command):
         for r in runs:
             judged(r)
     lines = map_lines(table)
+    found = {line: boundary(*line_outcomes(line, table)) for line in lines}  # each bootstrap once
+    texts = {line: boundary_text(line, table, found[line]) for line in lines}
     noise_lines = [line for line in lines if line.knob == "label noise"]
     size_lines = [line for line in lines if line.knob == "shift size"]
     figures = {name: os.path.join(figures_dir, f"stress_{name}.png") for name in ("noise", "schedule", "oscillating")}
-    plot_map(table, noise_lines, "label noise", figures["noise"])
-    plot_map(table, size_lines, "schedule", figures["schedule"])
+    plot_map(table, noise_lines, found, "label noise", figures["noise"])
+    plot_map(table, size_lines, found, "schedule", figures["schedule"])
     oscillating = {f"{task}, oscillating, size {DEFAULT_SHIFT[task][1]:g}": table[(task, DEFAULT_SHIFT[task][1], "oscillating", 0.0)]
                    for task in MAP_TASKS if (task, DEFAULT_SHIFT[task][1], "oscillating", 0.0) in table}
     if oscillating:
@@ -462,7 +461,7 @@ Where each line's coupled rate first crosses one half, linearly interpolated bet
 around it; the interval spans those levels, widened by a bootstrap over the runs at each level. Lines
 marked "one seed" locate the change on the grid only.
 
-{boundaries_table(table, lines)}
+{boundaries_table(texts)}
 
 ## Map: shift size x label noise
 
@@ -499,7 +498,7 @@ step), {len(PROBE_SEEDS)} seeds, final evaluation.
 """ if any(probes.values()) else "")
     write_text(text, path)
     print(f"wrote {path} and figures under {figures_dir}/")
-    return readme_lines(table, lines)
+    return readme_lines(texts)
 
 
 def publish():
