@@ -47,7 +47,7 @@ from experiments import (copy_to_reference, default_jobs, fill_readme, load_resu
 from figures import plot_runs, pyplot, save_figure
 from metrics import is_coupled, is_kl, mean_ci
 from model import machine
-from report import fmt, markdown_table, write_text
+from report import bold_gap, fmt, markdown_table, summary_cells, write_text
 from train import REPO, ExplainConfig, PretrainConfig
 
 EXPERIMENT = "stress"
@@ -362,16 +362,15 @@ def readme_lines(texts):
 
 
 def headline_table(headline):
+    """The probed runs per task: Self and Orig, the cells every table of verdicts shares, and more."""
     rows = []
     for task, runs in headline.items():
         if runs:
             col = lambda key, **kw: fmt([r["final"].get(key, np.nan) for r in runs], **kw)
-            rows.append([task, len(runs), col("self"), col("orig"), f"**{col('gap', signed=True)}**",
-                         col("blind_gap", signed=True), col("tracking", digits=2), col("n_flipped", digits=0),
-                         col("self_flipped", digits=2), f"{sum(map(run_coupled, runs))}/{len(runs)}",
-                         col("malformed", digits=3)])
-    return markdown_table(["task", "seeds", "Self", "Orig", "Self - Orig", "input-blind gap", "tracking", "flipped",
-                           "Self@flipped", "coupled runs", "malformed"], rows)
+            rows.append([task, col("self"), col("orig"), *bold_gap(summary_cells(runs)), col("n_flipped", digits=0),
+                         f"{sum(map(run_coupled, runs))}/{len(runs)}", col("malformed", digits=3)])
+    return markdown_table(["task", "Self", "Orig", "seeds", "Self - Orig", "input-blind gap", "tracking", "Self@flipped",
+                           "flipped", "coupled runs", "malformed"], rows)
 
 
 def probe_table(headline):
