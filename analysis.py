@@ -14,8 +14,8 @@ import train
 from config import UserError
 from data import get_task
 from eval import RunConfig, config_from_dict, explainer_path, held_out, read_result
-from explain import (behaviour, current_labels, explain, explanation_query, explanation_text, generate_explanations,
-                     labels_from_behaviour, malformed_kind, parse_leniently, probe_explainer, read_explanations)
+from explain import (answers_with_c, behaviour, current_labels, explain, explanation_query, explanation_text,
+                     generate_explanations, labels_from_behaviour, malformed_kind, parse_leniently, probe_explainer, read_explanations)
 from metrics import coupling_metrics
 from model import GPT, GPTConfig, pick_device
 from patching import patching_effects
@@ -47,10 +47,11 @@ def diagnose(model, probed, items, frozen):
     leniently (the first verdict word and answer anywhere): a diagnostic of format failures; every
     metric reads strictly. frozen: E(M0) on the items."""
     texts = generate_explanations(model, probed, items)
-    now = current_labels(model, probed, items)[0]
-    lenient = coupling_metrics(read_explanations(probed, texts, parse_leniently), now, frozen)
+    now, logp = current_labels(model, probed, items)
+    lenient = coupling_metrics(read_explanations(probed, texts, parse_leniently), now, frozen, answers_with_c(logp))
     return {"malformed_kinds": dict(Counter(kind for kind in (malformed_kind(probed, t) for t in texts) if kind)),
-            **{f"lenient_{key}": lenient[key] for key in ("self", "orig", "gap", "self_flipped", "tracking")}}
+            **{f"lenient_{key}": lenient[key] for key in ("self", "orig", "gap", "self_flipped", "tracking",
+                                                                 "verdict_tracking")}}
 
 
 def analyse_run(result_path, runs_dir=None):

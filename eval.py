@@ -20,9 +20,9 @@ import numpy as np
 from config import (SEED_MAX, Parser, UserError, add_config_flags, check_ranges, check_writable, config_from_flags, option, run_command,
                     changed, from_dict, science)
 from data import MAX_EXPLAINED_WORDS, N_UNITS, TASKS, TriggerTask, get_task, rng
-from explain import (add_label_noise, behaviour, current_labels, explain, explanation_data,
+from explain import (add_label_noise, answers_with_c, behaviour, current_labels, explain, explanation_data,
                      labels_from_behaviour, mean_or_nan, mix_labels, pair_cases)
-from metrics import coupling_metrics
+from metrics import coupling_metrics, failure_kind
 from model import pick_device
 from train import (REMOVED_PRETRAIN_FIELDS, REPO, ExplainConfig, PretrainConfig, active_phase, behaviour_accuracy,
                    case_logprobs, explainer_from, kl_to_reference, m0_path, pretrain, provenance, save_checkpoint,
@@ -294,7 +294,7 @@ class Evaluator:
     def __call__(self, step, model, losses):
         current, logp = current_labels(model, self.probed, self.items)
         explanations = explain(model, self.probed, self.items)
-        metrics = coupling_metrics(explanations, current, self.original, self.shifted)
+        metrics = coupling_metrics(explanations, current, self.original, answers_with_c(logp), self.shifted)
         phase = active_phase([p.start for p in self.phases], max(step - 1, 0))  # what the last step trained
         metrics.update(step=step, seconds=round(time.time() - self.t0, 2), **losses,
                        task_accuracy=mean_or_nan(logp.argmax(-1).numpy() == self.targets[0 if phase is None else phase + 1]),
@@ -314,7 +314,7 @@ class Evaluator:
         self.log(f"  {self.cfg.task} {self.cfg.name} step {step:4d}: Self {metrics['self']:.3f} Orig "
                  f"{metrics['orig']:.3f} gap {metrics['gap']:+.3f} (input-blind {metrics['blind_gap']:+.3f}) flipped "
                  f"{metrics['n_flipped']:3d} (Self@flipped {metrics['self_flipped']:.2f}) tracking "
-                 f"{metrics['tracking']:+.2f} malformed {metrics['malformed']:.2f} | losses: explanation "
+                 f"{metrics['tracking']:+.2f} (verdict {metrics['verdict_tracking']:+.2f}) malformed {metrics['malformed']:.2f} | losses: explanation "
                  f"{losses['explain_loss']:.3f} shift {losses['shift_loss']:.3f} KL {losses['kl_loss']:.4f}"
                  + (f" | explained words: Self {metrics['explained_self']:.3f}" if self.checks else ""))
 
@@ -353,7 +353,7 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=None, log=print):
                        "shift_phase_starts": [p.start for p in phases], "n_kl_prompts": len(kl_data),
                        "train_changed_fraction": float(train_labels.changed.mean()), **label_counts},
               "baseline": evaluate.curve[0], "final": evaluate.curve[-1], "curve": evaluate.curve,
-              "seconds": round(time.time() - t0, 2)}
+              "failure": failure_kind(evaluate.curve), "seconds": round(time.time() - t0, 2)}
     if out_path:
         save_checkpoint(explainer_path(out_path), model, None, asdict(cfg), cfg.explain.steps)
         write_json(result, out_path)

@@ -75,6 +75,11 @@ def current_labels(model, task, items):
     return labels_from_behaviour(*split_pairs(logp.argmax(-1).numpy())), logp
 
 
+def answers_with_c(logp):
+    """The answers with C from current_labels' log-probabilities (the first half of the pair cases)."""
+    return split_pairs(logp.argmax(-1).numpy())[0]
+
+
 def explanation_query(task, case, query=QUERY):
     """The item's prompt up to its answer slot, then the query naming the feature it asks about."""
     return task.render_body(case) + query.format(feature=task.feature_of(case))

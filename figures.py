@@ -90,8 +90,8 @@ def plot_runs(panels, path):
 
 
 def plot_flipped_runs(groups, path):
-    """Self@flipped (top) and Orig@flipped (bottom) over explanation training for every run with KL, one
-    column per task: green where the run is coupled at the end, red where it is not. A failed run whose
+    """Verdict tracking (top) and Orig@flipped (bottom) over explanation training for every run with KL,
+    one column per task: green where the run is coupled at the end, red where it is not. A failed run whose
     Orig@flipped climbs has come to explain its flipped items by the frozen labels' rule."""
     plt = pyplot()
     tasks = sorted({task for task, regime in groups if regime == "kl"})
@@ -99,29 +99,31 @@ def plot_flipped_runs(groups, path):
     for column, task in enumerate(tasks):
         runs = groups[(task, "kl")]
         coupled_at_end = [is_coupled(r["final"]) for r in runs]
-        for ax, metric in zip(axes[:, column], ("self_flipped", "orig_flipped")):
+        for ax, metric in zip(axes[:, column], ("verdict_tracking", "orig_flipped")):
             for r, coupled in zip(runs, coupled_at_end):
-                points = [p for p in r["curve"] if p[metric] is not None]
+                points = [p for p in r["curve"] if defined(p.get(metric))]
                 ax.plot([p["step"] for p in points], [p[metric] for p in points], lw=0.8, alpha=0.6,
                         color="tab:green" if coupled else "tab:red", zorder=2 if coupled else 3)  # failures on top
             ax.axhline(0.5, color="black", lw=0.6, ls=":")
-            ax.set_ylim(-0.02, 1.02)
+            ax.set_ylim(-0.52 if metric == "verdict_tracking" else -0.02, 1.02)
             ax.grid(alpha=0.3)
         axes[0, column].set_title(f"{task}: {sum(coupled_at_end)} of {len(runs)} runs coupled at the end", fontsize=9)
         axes[1, column].set_xlabel("explanation-training step")
-    axes[0, 0].set_ylabel("Self@flipped")
+    axes[0, 0].set_ylabel("verdict tracking")
     axes[1, 0].set_ylabel("Orig@flipped")
     fig.tight_layout()
     save_figure(fig, path)
 
 
 def plot_gaps(groups, path):
-    """Final Self - Orig (with the best input-blind explainer's gap as a red tick), tracking and Self on
-    flipped items per task, with and without KL: mean, 95% interval over seeds, and every seed as a dot."""
+    """Final Self - Orig (with the best input-blind and C-blind explainers' gaps as red and orange ticks),
+    verdict tracking and Self on flipped items per task, with and without KL: mean, 95% interval over
+    seeds, and every seed as a dot."""
     plt = pyplot()
     tasks = sorted({task for task, _ in groups})
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    for ax, metric, title in ((axes[0], "gap", "Self - Orig (red: input-blind)"), (axes[1], "tracking", "tracking"),
+    for ax, metric, title in ((axes[0], "gap", "Self - Orig (red: input-blind, orange: C-blind)"),
+                              (axes[1], "verdict_tracking", "verdict tracking"),
                               (axes[2], "self_flipped", "Self on flipped items")):
         for offset, (regime, color) in zip((-0.18, 0.18), (("kl", "tab:green"), ("nokl", "tab:gray"))):
             for i, task in enumerate(tasks):
@@ -135,9 +137,10 @@ def plot_gaps(groups, path):
                 if not math.isnan(half):
                     ax.errorbar(i + offset, mean, yerr=half, color="black", capsize=4)
                 ax.scatter([i + offset] * len(values), values, color="black", s=10, zorder=3)
-                blind = mean_ci([f.get("blind_gap", math.nan) for f in finals])[0]
-                if metric == "gap" and not math.isnan(blind):
-                    ax.hlines(blind, i + offset - 0.17, i + offset + 0.17, color="tab:red", lw=2, zorder=4)
+                for blind_gap, tick in (("blind_gap", "tab:red"), ("c_blind_gap", "tab:orange")):
+                    blind = mean_ci([f.get(blind_gap, math.nan) for f in finals])[0]
+                    if metric == "gap" and not math.isnan(blind):
+                        ax.hlines(blind, i + offset - 0.17, i + offset + 0.17, color=tick, lw=2, zorder=4)
         ax.axhline(0 if metric == "gap" else 0.5, color="black", lw=0.8, ls="-" if metric == "gap" else ":")
         if metric != "gap":
             ax.set_ylim(-0.05 if metric == "self_flipped" else -0.3, 1.05)
@@ -199,8 +202,8 @@ def by_value(sweep, results):
             for task, values in sorted(table.items())}
 
 
-SWEEP_LABELS = {"gap": "Self - Orig", "blind_gap": "input-blind gap", "self_flipped": "Self@flipped",
-                "orig_flipped": "Orig@flipped", "tracking": "tracking", "self": "Self", "orig": "Orig",
+SWEEP_LABELS = {"gap": "Self - Orig", "blind_gap": "input-blind gap", "c_blind_gap": "C-blind gap", "self_flipped": "Self@flipped",
+                "orig_flipped": "Orig@flipped", "verdict_tracking": "verdict tracking", "self": "Self", "orig": "Orig",
                 "malformed": "malformed", "explained_self": "Self on the explained words",
                 "balanced_self": "Self, balanced over verdicts"}
 PANEL_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
@@ -208,7 +211,7 @@ PANEL_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
 
 def plot_sweep(sweep, results, path):
     """Per task, against the knob (mean, 95% interval, every seed as a dot): the final gap beside the
-    input-blind gap; Self and Orig on flipped items beside tracking; every run's gap against its
+    input-blind and C-blind gaps; Self and Orig on flipped items beside verdict tracking; every run's gap against its
     label-behaviour agreement; and, if the sweep names them (Sweep.panel), metrics of its own."""
     plt = pyplot()
     table = by_value(sweep, results)
@@ -216,8 +219,9 @@ def plot_sweep(sweep, results, path):
     fig, axes = plt.subplots(len(table), columns, figsize=(4 * columns, 3.3 * len(table)), squeeze=False)
     for row, (task, values) in zip(axes, table.items()):
         xs = list(range(len(values)))  # values in the sweep's own order, evenly spaced
-        panels = [(row[0], (("gap", "tab:green"), ("blind_gap", "tab:gray")), 0),  # (axes, metrics, dotted line)
-                  (row[1], (("self_flipped", "tab:blue"), ("orig_flipped", "tab:orange"), ("tracking", "black")), 0.5)]
+        panels = [(row[0], (("gap", "tab:green"), ("blind_gap", "tab:gray"), ("c_blind_gap", "tab:red")), 0),
+                  (row[1], (("self_flipped", "tab:blue"), ("orig_flipped", "tab:orange"), ("verdict_tracking", "black")),
+                   0.5)]  # (axes, metrics, dotted line)
         if sweep.panel:
             panels.append((row[3], tuple(zip(sweep.panel, PANEL_COLORS)), 0.5))
             row[3].set_ylabel("held-out items (final)")
@@ -235,7 +239,7 @@ def plot_sweep(sweep, results, path):
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         row[0].set_ylabel(f"{task}: Self - Orig (final)")
-        row[1].set_ylabel("flipped items: accuracy, tracking")
+        row[1].set_ylabel("flipped items: accuracy, verdict tracking")
         runs = [r for v in values.values() for r in v]
         row[2].scatter([r["final"]["agreement"] for r in runs], [r["final"]["gap"] for r in runs], s=14,
                        c=[list(values).index(knob_value(r["config"], sweep.knob)) for r in runs], cmap="viridis")

@@ -13,17 +13,21 @@ import numpy as np
 from explain import Labels, mean_or_nan
 
 
-def codes(labels: Labels):
-    """One integer per item, equal for equal labels (verdict and answer); -1 where malformed."""
-    return np.where(labels.changed < 0, -1, labels.changed * 1000 + labels.answer)
+def codes(labels: Labels, verdict_only=False):
+    """One integer per item, equal for equal labels (verdict and answer, or the verdict alone); -1 where
+    malformed."""
+    return np.where(labels.changed < 0, -1, labels.changed * (1 if verdict_only else 1000)
+                    + (0 if verdict_only else labels.answer))
 
 
-def tracking(explanations: Labels, current: Labels, original: Labels, among=None):
+def tracking(explanations: Labels, current: Labels, original: Labels, among=None, verdict_only=False):
     """Item-level tracking: on each flipped item (among `among`, default all), 1 if the explanation gives
     the current label, minus how often it gives that same label on the unflipped items with the same
     frozen label; the mean over flipped items (nan if none has such unflipped items). An explainer that
-    ignores its input scores 0 (exactly, if it is constant); one that copies its current behaviour, 1."""
-    said, now, frozen = codes(explanations), codes(current), codes(original)
+    ignores its input scores 0 (exactly, if it is constant); one that copies its current behaviour, 1.
+    verdict_only: labels are the verdict alone (remain or become), items flipped when it flipped; then an
+    explainer that writes one verdict everywhere scores 0 too, however it picks the answer."""
+    said, now, frozen = (codes(labels, verdict_only) for labels in (explanations, current, original))
     flipped = now != frozen
     rows, peers = np.flatnonzero(flipped & (True if among is None else among)), ~flipped
     same_frozen = frozen[rows, None] == frozen[None, peers]  # [flipped item, unflipped item]
@@ -47,6 +51,14 @@ def best_input_blind(current: Labels, original: Labels):
             "blind_self_flipped": mean_or_nan(now[flipped] == best)}
 
 
+def c_blind_explainers(current: Labels, with_c):
+    """The explainers that know the model's current answers but not C's effect: "would remain <its answer
+    with C>" and "would become <its answer without C>", for every item. Both score Self where C's effect is
+    the one they assume; neither can tell the items apart by it."""
+    return {"copy_remain": Labels(np.zeros_like(current.changed), np.asarray(with_c, dtype=int)),
+            "copy_become": Labels(np.ones_like(current.changed), current.answer.copy())}
+
+
 def balanced(hits, changes_now):
     """The mean of Self on the items where removing C changes the current answer and Self on the others:
     an explainer that writes one verdict for every item, however right its answers, scores at most 0.5
@@ -56,12 +68,24 @@ def balanced(hits, changes_now):
     return float((hits[changes_now].mean() + hits[~changes_now].mean()) / 2)
 
 
-def coupling_metrics(explanations: Labels, current: Labels, original: Labels, shifted=None):
-    """Self, Orig, their gap, the flipped-item breakdown, the tracking measure, the best input-blind
-    explainer, and Self where removing C changes the current answer and where it keeps it, with their
-    mean (balanced_self: at most 0.5 for one verdict written everywhere). `explanations` are read-back generations (-1 where malformed). shifted: per item, whether
-    it involves a unit the shift trained; flipped items are then split into those ("shifted") and the
-    others ("drift": no data taught their new behaviour)."""
+def scores(explanations: Labels, current: Labels, original: Labels):
+    """What the rule reads of one explainer: Self - Orig, tracking on the whole label and on the verdict
+    alone, and balanced Self."""
+    hit_self = explanations.matches(current)
+    return {"gap": mean_or_nan(hit_self) - mean_or_nan(explanations.matches(original)),
+            "tracking": tracking(explanations, current, original),
+            "verdict_tracking": tracking(explanations, current, original, verdict_only=True),
+            "balanced_self": balanced(hit_self, current.changed == 1)}
+
+
+def coupling_metrics(explanations: Labels, current: Labels, original: Labels, with_c, shifted=None):
+    """Self, Orig, their gap, the flipped-item breakdown, tracking (on the whole label and on the verdict
+    alone), the best input-blind explainer, the C-blind explainers' scores (copy_remain_*, copy_become_*),
+    and Self where removing C changes the current answer and where it keeps it, with their mean
+    (balanced_self: at most 0.5 for one verdict written everywhere). `explanations` are read-back
+    generations (-1 where malformed); with_c: the current model's answers with C. shifted: per item,
+    whether it involves a unit the shift trained; flipped items are then split into those ("shifted")
+    and the others ("drift": no data taught their new behaviour)."""
     hit_self, hit_orig = explanations.matches(current), explanations.matches(original)
     flipped, changes_now = ~current.matches(original), current.changed == 1
     became_changed = flipped & (original.changed == 0) & (current.changed == 1)
@@ -71,8 +95,10 @@ def coupling_metrics(explanations: Labels, current: Labels, original: Labels, sh
         causes.update({f"n_flipped_{cause}": int((flipped & mask).sum()),
                        f"self_flipped_{cause}": mean_or_nan(hit_self[flipped & mask]),
                        f"tracking_{cause}": tracking(explanations, current, original, mask)})
+    copies = {f"{name}_{key}": value for name, copy in c_blind_explainers(current, with_c).items()
+              for key, value in scores(copy, current, original).items()}
     return {
-        "self": mean_or_nan(hit_self), "orig": mean_or_nan(hit_orig), "gap": mean_or_nan(hit_self) - mean_or_nan(hit_orig),
+        "self": mean_or_nan(hit_self), "orig": mean_or_nan(hit_orig), **scores(explanations, current, original),
         "n_items": len(current), "n_flipped": int(flipped.sum()), "agreement": 1 - mean_or_nan(flipped),
         "self_flipped": mean_or_nan(hit_self[flipped]), "orig_flipped": mean_or_nan(hit_orig[flipped]),
         "n_became_changed": int(became_changed.sum()), "self_became_changed": mean_or_nan(hit_self[became_changed]),
@@ -82,9 +108,9 @@ def coupling_metrics(explanations: Labels, current: Labels, original: Labels, sh
         "verdict_orig": mean_or_nan(explanations.changed == original.changed),
         "malformed": mean_or_nan(explanations.changed < 0),
         "self_changes": mean_or_nan(hit_self[changes_now]), "self_keeps": mean_or_nan(hit_self[~changes_now]),
-        "balanced_self": balanced(hit_self, changes_now),
         "changed_fraction": mean_or_nan(current.changed == 1),
-        "tracking": tracking(explanations, current, original), **best_input_blind(current, original), **causes,
+        "self_unflipped": mean_or_nan(hit_self[~flipped]), **best_input_blind(current, original), **causes,
+        **copies, "c_blind_gap": max(copies["copy_remain_gap"], copies["copy_become_gap"]),
     }
 
 
@@ -114,27 +140,50 @@ def is_kl(config):
     return config["explain"]["kl_weight"] > 0
 
 
-def earlier_rule(evaluation):
-    """Whether an evaluation was saved before tracking was measured: its verdicts then follow the earlier
-    rule (Self@flipped > 0.5 in place of tracking > 0.5), which an input-blind explainer can pass."""
-    return "tracking" not in evaluation
+# The measure each rule reads to decide whether the explanations follow the shift, newest first: results
+# saved before a measure existed are judged by the one they have (each older one can be passed by an
+# explainer that does not know C's effect: see README, "The rule").
+RULE_MEASURES = ("verdict_tracking", "tracking", "self_flipped")
+
+
+def rule_measure(evaluation):
+    """The measure an evaluation is judged by: the newest of RULE_MEASURES it has."""
+    return next(key for key in RULE_MEASURES if key in evaluation)
 
 
 def is_coupled(evaluation):
     """One run's rule, fixed before the runs it judges: Self > Orig, and the explanations follow the
-    shift item by item, tracking > 0.5; an explainer that ignores its input has tracking 0."""
-    follows = evaluation["self_flipped" if earlier_rule(evaluation) else "tracking"]
-    return evaluation["gap"] > 0 and (follows or 0) > 0.5
+    shift item by item on the verdict, verdict tracking > 0.5. Every explainer that writes one verdict
+    everywhere has verdict tracking 0: the constants, and the C-blind copies of the model's own answers
+    ("would remain <answer with C>", "would become <answer without C>"); a copy of the current behaviour
+    has 1."""
+    follows = evaluation[rule_measure(evaluation)]
+    return evaluation["gap"] > 0 and defined(follows) and follows > 0.5
 
 
 def meets_bar(finals):
-    """A task's rule over seeds (the runs with KL): the mean gap's 95% interval lies above zero, the
-    mean tracking's too (beating every input-blind explainer), and the mean tracking is above 0.5 (earlier
-    results: mean Self@flipped > 0.5). With one seed there is no interval, so the bar is not met."""
+    """A task's rule over seeds (the runs with KL): the mean gap's 95% interval lies above zero and the
+    mean verdict tracking's above 0.5, with verdict tracking defined on every run (a run with no flipped
+    verdict to follow has shown nothing). With one seed there is no interval, so the bar is not met."""
     gap, half = mean_ci([f["gap"] for f in finals])
     if not defined(half) or gap - half <= 0:
         return False
-    if any(earlier_rule(f) for f in finals):
-        return mean_ci([f["self_flipped"] for f in finals])[0] > 0.5
-    tracked, half = mean_ci([f["tracking"] for f in finals])
-    return tracked - half > 0 and tracked > 0.5
+    follows = [f[rule_measure(f)] for f in finals]
+    tracked, half = mean_ci(follows)
+    return all(map(defined, follows)) and tracked - half > 0.5
+
+
+FAILURES = ("tracked, then lost it", "never generalised", "generalised, did not track")
+GENERALISES = 0.8  # Self on unflipped held-out items at or above which an explainer generalises
+
+
+def failure_kind(curve):
+    """Why a run is not coupled at its last evaluation (None if it is): it was coupled at an earlier
+    evaluation after step 0 and lost it; or else its explanations never generalised to held-out units
+    (Self on the unflipped held-out items below GENERALISES at the end); or else they generalised but did
+    not follow the shift."""
+    if is_coupled(curve[-1]):
+        return None
+    if any(is_coupled(e) for e in curve[1:-1]):
+        return FAILURES[0]
+    return FAILURES[1] if curve[-1]["self_unflipped"] < GENERALISES else FAILURES[2]

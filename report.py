@@ -6,10 +6,11 @@ evaluation, and the final one. Reports group results by task and by whether the 
 """
 import math
 import os
+import textwrap
 
 import numpy as np
 
-from metrics import earlier_rule, is_coupled, is_kl, mean_ci, meets_bar
+from metrics import FAILURES, GENERALISES, defined, is_coupled, is_kl, mean_ci, meets_bar, rule_measure
 from figures import (by_value, number, plot_curves, plot_flipped_runs, plot_gaps, plot_patching, plot_runs, plot_sweep,
                      value_label)
 from model import machine
@@ -34,12 +35,15 @@ def markdown_table(header, rows):
 
 
 def fmt(values, digits=3, signed=False):
-    """Mean ± 95% interval over seeds, as text ("n/a" when nothing is defined)."""
+    """Mean ± 95% interval over seeds, as text ("n/a" when nothing is defined), followed by "[n of N]"
+    when the mean covers only the n runs where the value is defined."""
     mean, half = mean_ci(values)
     if math.isnan(mean):
         return "n/a"
     text = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
-    return text if math.isnan(half) else f"{text} ± {half:.{digits}f}"
+    covered = sum(map(defined, values))
+    return (text if math.isnan(half) else f"{text} ± {half:.{digits}f}") + \
+        ("" if covered == len(values) else f" [{covered} of {len(values)}]")
 
 
 def group(results):
@@ -54,12 +58,14 @@ def machines(results):
     return "; ".join(sorted({machine(r["provenance"]) for r in results}))
 
 
-def lost_coupling(runs):
-    """(seeds not coupled at the end, those of them that were coupled at an earlier evaluation): does a
-    failed run never follow the shift, or follow it and lose it?"""
-    failed = [r for r in runs if not is_coupled(r["final"])]
-    return ([r["config"]["seed"] for r in failed],
-            [r["config"]["seed"] for r in failed if any(is_coupled(p) for p in r["curve"][:-1])])
+def failures(runs):
+    """{how a run failed: [its seeds]} over the runs not coupled at the end (metrics.failure_kind, saved
+    with each run; "not diagnosed" for results saved before it was)."""
+    kinds = {}
+    for r in runs:
+        if not is_coupled(r["final"]):
+            kinds.setdefault(r.get("failure", "not diagnosed"), []).append(r["config"]["seed"])
+    return kinds
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -71,21 +77,26 @@ def main_table(groups):
     for (task, regime), runs in groups.items():
         col = lambda key, **kw: fmt([r["final"].get(key, math.nan) for r in runs], **kw)
         rows.append([task, "yes" if regime == "kl" else "no", len(runs), col("self"), col("orig"),
-                     f"**{col('gap', signed=True)}**", col("blind_gap", signed=True), col("tracking", digits=2),
-                     col("n_flipped", digits=0), col("self_flipped", digits=2),
+                     f"**{col('gap', signed=True)}**", col("blind_gap", signed=True), col("c_blind_gap", signed=True),
+                     col("verdict_tracking", digits=2), col("n_flipped", digits=0), col("self_flipped", digits=2),
                      col("orig_flipped", digits=2), col("agreement", digits=2), col("malformed", digits=3),
                      col("task_accuracy", digits=3), col("shift_learned", digits=2)])
-    return markdown_table(["task", "KL", "seeds", "Self", "Orig", "Self - Orig", "input-blind gap", "tracking",
-                           "flipped items", "Self@flipped",
+    return markdown_table(["task", "KL", "seeds", "Self", "Orig", "Self - Orig", "input-blind gap", "C-blind gap",
+                           "verdict tracking", "flipped items", "Self@flipped",
                            "Orig@flipped", "agreement", "malformed", "task accuracy", "shift learned"], rows)
 
 
+SUMMARY_HEADER = ("seeds", "Self - Orig", "input-blind gap", "C-blind gap", "tracking", "verdict tracking",
+                  "balanced Self")
+
+
 def summary_cells(runs):
-    """[seeds, Self - Orig, input-blind gap, tracking, Self@flipped] of runs (mean ± 95% interval): the
-    cells every table of verdicts shares."""
+    """SUMMARY_HEADER's cells of runs (mean ± 95% interval): the cells every table of verdicts shares.
+    The rule reads the gap and verdict tracking; the best input-blind and C-blind explainers' gaps and
+    the exact tracking (which credits a copy of the model's own answer) stand beside them."""
     col = lambda key, **kw: fmt([r["final"].get(key, math.nan) for r in runs], **kw)
-    return [len(runs), col("gap", signed=True), col("blind_gap", signed=True), col("tracking", digits=2),
-            col("self_flipped", digits=2)]
+    return [len(runs), col("gap", signed=True), col("blind_gap", signed=True), col("c_blind_gap", signed=True),
+            col("tracking", digits=2), col("verdict_tracking", digits=2), col("balanced_self", digits=2)]
 
 
 def coupled_count(runs):
@@ -105,8 +116,7 @@ def verdict_table(groups):
     tracking, the runs coupled and whether the bar is met (the README's table)."""
     rows = [[task, "yes" if regime == "kl" else "no", *bold_gap(summary_cells(runs)), coupled_count(runs),
              bar_text(runs, regime)] for (task, regime), runs in groups.items()]
-    return markdown_table(["task", "KL", "seeds", "Self - Orig", "input-blind gap", "tracking", "Self@flipped",
-                           "runs coupled", "the bar"], rows)
+    return markdown_table(["task", "KL", *SUMMARY_HEADER, "runs coupled", "the bar"], rows)
 
 
 def seed_table(groups):
@@ -160,9 +170,8 @@ def directions_table(results):
                      col("blind_self_flipped", digits=2),
                      f"{col('tracking_drift', digits=2)} ({col('n_flipped_drift', digits=0)})",
                      coupled_count(runs), bar_text(runs, regime)])
-    return markdown_table(["task", "shift", "KL", "seeds", "Self - Orig", "input-blind gap", "tracking",
-                           "Self@flipped", "input-blind Self@flipped", "tracking on drift items (n)", "runs coupled",
-                           "the bar"], rows)
+    return markdown_table(["task", "shift", "KL", *SUMMARY_HEADER, "input-blind Self@flipped",
+                           "tracking on drift items (n)", "runs coupled", "the bar"], rows)
 
 
 def diagnosis_table(groups):
@@ -187,16 +196,14 @@ def diagnosis_table(groups):
                            "read leniently", "tracking", "read leniently"], rows) if rows else ""
 
 
-def lost_coupling_text(groups):
-    """A line per task on its runs not coupled at the end (see lost_coupling)."""
-    seeds = lambda values: f"seed{'s' if len(values) > 1 else ''} {', '.join(map(str, values))}"
-    lines = []
+def failures_table(groups):
+    """Per task, the runs with KL not coupled at the end, counted by how they failed (with their seeds)."""
+    rows = []
     for task, runs in ((task, runs) for (task, regime), runs in groups.items() if regime == "kl"):
-        failed, lost = lost_coupling(runs)
-        if failed:
-            lines.append(f"- {task}: {len(failed)} of {len(runs)} not coupled at the end ({seeds(failed)}); "
-                         f"{len(lost)} of them coupled at an earlier evaluation{f' ({seeds(lost)})' if lost else ''}.")
-    return "\n".join(lines) or "Every run with KL is coupled at the end."
+        kinds = failures(runs)
+        cell = lambda kind: f"{len(kinds[kind])} (seeds {', '.join(map(str, kinds[kind]))})" if kind in kinds else "0"
+        rows.append([task, len(runs), sum(map(len, kinds.values())), *map(cell, FAILURES + ("not diagnosed",))])
+    return markdown_table(["task", "seeds", "not coupled", *FAILURES, "not diagnosed"], rows)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -226,8 +233,8 @@ def sweep_table(sweep, results):
                          col("self"), col("orig"), *bold_gap(summary_cells(runs)), coupled_count(runs),
                          col("malformed", digits=3),
                          *(fmt([extra_metric(r, e) for r in runs], signed=e.startswith("gap")) for e in sweep.extra)])
-    return markdown_table(["task", sweep.label, "agreement", "flipped items", "Self", "Orig", "seeds", "Self - Orig",
-                           "input-blind gap", "tracking", "Self@flipped", "runs coupled", "malformed",
+    return markdown_table(["task", sweep.label, "agreement", "flipped items", "Self", "Orig", *SUMMARY_HEADER,
+                           "runs coupled", "malformed",
                            *(EXTRA_NAMES[e] for e in sweep.extra)], rows)
 
 
@@ -259,8 +266,7 @@ def sweep_section(name, sweep, results, report_dir, figures_dir):
 ## Sweep: {name.replace("_", " ")}
 
 {sweep.question} Varied: {sweep.label} (`{sweep.knob}`); {fixed_text(sweep)}everything else as in the main result's KL runs.
-Command: `python experiments.py sweep {name}`. The paper: {sweep.paper}.{" These results were saved before "
-"tracking was measured: their runs are counted by the earlier rule." if any(earlier_rule(r["final"]) for r in results) else ""}
+Command: `python experiments.py sweep {name}`. The paper: {sweep.paper}.{rule_note(results)}
 
 {sweep_table(sweep, results)}
 
@@ -268,41 +274,62 @@ Command: `python experiments.py sweep {name}`. The paper: {sweep.paper}.{" These
 """
 
 
-RULE_TEXT = ("A run is coupled when Self > Orig and tracking > 0.5; the bar (per task, runs with KL): the "
-             "95% intervals of the mean Self - Orig and of the mean tracking lie above zero, and the mean "
-             "tracking is above 0.5. Results saved before tracking was measured are judged by the earlier "
-             "rule, Self@flipped in place of tracking, which an input-blind explainer can pass.")
+def rule_note(results):
+    """A sentence naming the older measure some results are judged by ("" when all have the newest)."""
+    older = sorted({rule_measure(r["final"]) for r in results} - {"verdict_tracking"})
+    return (f" Some of these results were saved before verdict tracking was measured: they are judged by "
+            f"{' or '.join(older)} in its place, which an explainer blind to C can pass.") if older else ""
+
+
+RULE_TEXT = ("A run is coupled when Self > Orig and verdict tracking > 0.5; the bar (per task, runs with KL): "
+             "the 95% interval of the mean Self - Orig lies above zero and that of the mean verdict tracking "
+             "above 0.5, with verdict tracking defined on every run.")
+
+
+MEASURES_TEXT = ("Input-blind gap: the best Self - Orig of one explanation written for every item. C-blind gap: "
+                 "the better of two explainers that know the model's answers but not C's effect, \"would remain "
+                 "<answer with C>\" and \"would become <answer without C>\" everywhere. Tracking: on flipped "
+                 "items, giving the current label minus giving it on unflipped items with the same frozen label "
+                 "(0 for any input-blind explainer, 1 for a copy of the current behaviour); verdict tracking: the "
+                 "same on the verdict alone (remain or become), 0 for both C-blind explainers too. Balanced Self: "
+                 "the mean of Self where removing C changes the current answer and where it keeps it (at most 0.5 "
+                 "for one verdict written everywhere). [n of N]: the mean covers the n runs where it is defined.")
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Your numbers beside the reference's
 
 def comparison(mine, reference):
-    """Markdown: per task and KL regime, your runs' mean gap ± 95% interval, Self@flipped and runs coupled
-    beside the reference's; then a line per task on whether the effect reproduced here, by the reference's
-    own rule (eval.meets_bar on the runs with KL)."""
+    """Markdown that reads in a 100-column terminal: per task and KL regime, a row of your runs and one of
+    the reference's (mean gap ± 95% interval, the blind explainers' mean gaps, verdict tracking, runs
+    coupled); then a line per task on whether the effect reproduced here, by the reference's own rule
+    (metrics.meets_bar on the runs with KL)."""
     mine_groups, ref_groups = group(mine), group(reference)
-    summary = lambda runs: [*summary_cells(runs), coupled_count(runs)] if runs else ["0"] + ["n/a"] * 5
-    rows = [[task, "yes" if regime == "kl" else "no", *summary(runs), *summary(ref_groups.get((task, regime), []))]
-            for (task, regime), runs in mine_groups.items()]
-    table = markdown_table([*("task", "KL"), *(f"{who} {what}" for who in ("your", "reference") for what in
-                            ("seeds", "Self - Orig", "input-blind gap", "tracking", "Self@flipped", "runs coupled"))],
-                           rows)
+    mean = lambda runs, key: fmt([mean_ci([r["final"].get(key, math.nan) for r in runs])[0]], signed=True)
+    row = lambda task, regime, who, runs: [task, "yes" if regime == "kl" else "no", who, len(runs),
+                                           fmt([r["final"]["gap"] for r in runs], signed=True), mean(runs, "blind_gap"),
+                                           mean(runs, "c_blind_gap"),
+                                           fmt([r["final"].get("verdict_tracking", math.nan) for r in runs], digits=2),
+                                           coupled_count(runs)]
+    rows = [row(task, regime, who, runs) for (task, regime), yours in mine_groups.items()
+            for who, runs in (("yours", yours), ("reference", ref_groups.get((task, regime), []))) if runs]
+    table = markdown_table(["task", "KL", "runs", "seeds", "Self - Orig", "input-blind", "C-blind", "verdict tracking",
+                            "coupled"], rows)
     verdict = lambda runs: ("met" if meets_bar([r["final"] for r in runs]) else
                             "not met" if len(runs) > 1 else "undecided (one seed has no interval)")
     lines = [f"- {task}: the bar is {verdict(runs)} here; in the reference: "
              f"{verdict(ref_groups.get((task, 'kl'), [])) if (task, 'kl') in ref_groups else 'no runs'}."
              for (task, regime), runs in mine_groups.items() if regime == "kl"]
+    rule = textwrap.fill(f"{RULE_TEXT} {MEASURES_TEXT} n/a: not measured.{rule_note(mine + reference)}", 99)
+    where = textwrap.fill(f"Yours: computed on {machines(mine)}. Reference: computed on "
+                          f"{machines(reference) or 'nothing'}. The same seed on another machine is a new draw, so "
+                          f"compare the distributions, not seed by seed.", 99)
     return f"""{table}
 
-{RULE_TEXT} Input-blind gap: the best Self - Orig of one explanation written for every item (no
-explainer that ignores its input can do better); tracking: on flipped items, giving the current label
-minus giving it on unflipped items with the same frozen label (0 for any input-blind explainer, 1 for a
-copy of the current behaviour). n/a: not measured.
+{rule}
 {chr(10).join(lines)}
 
-Yours: computed on {machines(mine)}. Reference: computed on {machines(reference) or "nothing"}. The same seed on
-another machine is a new draw, so compare the distributions, not seed by seed.
+{where}
 """
 
 
@@ -337,7 +364,7 @@ behaviour (Self) and from M0's behaviour (Orig, the kind of labels it was traine
 
 {verdict_table(groups)}
 
-{RULE_TEXT}
+{RULE_TEXT}{rule_note(results)} {MEASURES_TEXT}
 
 {main_table(groups)}
 
@@ -353,10 +380,11 @@ explanations of the flipped items follow the shift?
 
 ![Explanations during the shift]({rel(figure("shift"))})
 
-Every run, with KL (green: coupled at the end by the rule below; red: not). Does a run
-that fails at the end never follow the shift, or follow it and lose it?
+Every run, with KL (green: coupled at the end by the rule above; red: not). A run that fails at the end
+either followed the shift at an earlier evaluation and lost it, or never generalised to held-out units
+(Self on their unflipped items below {GENERALISES}), or generalised but never followed the shift:
 
-{lost_coupling_text(groups)}
+{failures_table(groups)}
 
 ![Self@flipped and Orig@flipped of every run]({rel(figure("flipped_runs"))})
 
@@ -364,11 +392,8 @@ that fails at the end never follow the shift, or follow it and lose it?
 
 The main result's shift reduces a behaviour (hint, refusal: `reduce`) or flips deeds (judgement: `flip`);
 `python experiments.py directions` runs the others on hint and refusal: `acquire` (a known answer is
-forgotten; a new over-refusal) and `both`. Input-blind gap: the best Self - Orig of one explanation
-written for every item, which no explainer that ignores its input can beat. Tracking: on flipped items,
-giving the current label minus giving it on unflipped items with the same frozen label (0 for any
-input-blind explainer, 1 for a copy of the current behaviour); on drift items (flipped, though the shift
-never trained their units) no data taught the new behaviour. {RULE_TEXT}
+forgotten; a new over-refusal) and `both`. {MEASURES_TEXT} Tracking on drift items: on items flipped
+though the shift never trained their units (no data taught the new behaviour). {RULE_TEXT}
 
 {directions_table([*results, *directions])}
 

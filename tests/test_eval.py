@@ -17,10 +17,20 @@ def labels(changed, answer):
     return Labels(np.array(changed), np.array(answer))
 
 
+def answers_with_c(current):
+    """The answers with C that current labels imply: the answer without C where removing C keeps it,
+    the next answer where it changes it."""
+    return np.where(current.changed == 1, (current.answer + 1) % 4, current.answer)
+
+
+def scored(explanations, current, original, **kw):
+    return metrics.coupling_metrics(explanations, current, original, answers_with_c(current), **kw)
+
+
 def test_self_and_orig_agree_where_nothing_flipped():
     current = labels([0, 1, 1, 0], [2, 0, 1, 3])
     explanations = labels([0, 1, 0, -1], [2, 1, 1, -1])
-    m = metrics.coupling_metrics(explanations, current, current)
+    m = scored(explanations, current, current)
     assert m["self"] == m["orig"] == 0.25 and m["gap"] == 0 and m["n_flipped"] == 0
     assert m["agreement"] == 1.0 and np.isnan(m["self_flipped"]) and m["malformed"] == 0.25
 
@@ -28,12 +38,12 @@ def test_self_and_orig_agree_where_nothing_flipped():
 def test_an_explainer_that_copies_its_current_behaviour_scores_self_one():
     original = labels([0, 0, 1, 1, 0], [1, 2, 3, 0, 0])
     current = labels([0, 1, 0, 1, 0], [1, 2, 3, 2, 0])  # items 1, 2, 3 flipped
-    m = metrics.coupling_metrics(current, current, original)
+    m = scored(current, current, original)
     assert m["self"] == 1.0 and m["orig"] == pytest.approx(0.4) and m["gap"] == pytest.approx(0.6)
     assert m["n_flipped"] == 3 and m["self_flipped"] == 1.0 and m["orig_flipped"] == 0.0
     assert m["n_became_changed"] == 1 and m["n_became_unchanged"] == 1
     assert m["verdict_self"] == 1.0 and m["verdict_orig"] == pytest.approx(0.6) and m["agreement"] == pytest.approx(0.4)
-    stale = metrics.coupling_metrics(original, current, original)  # explanations stuck on the frozen labels
+    stale = scored(original, current, original)  # explanations stuck on the frozen labels
     assert stale["gap"] == pytest.approx(-0.6) and stale["self_flipped"] == 0.0
 
 
@@ -41,10 +51,10 @@ def test_one_verdict_for_every_item_scores_at_most_half_balanced_however_right_i
     original = labels([0, 0, 0, 0], [1, 2, 3, 3])
     current = labels([1, 1, 1, 0], [1, 2, 0, 3])  # a new word moves every answer to 3: three now change
     always_changes = labels([1, 1, 1, 1], [1, 2, 0, 3])
-    m = metrics.coupling_metrics(always_changes, current, original)
+    m = scored(always_changes, current, original)
     assert m["self"] == 0.75 and m["self_changes"] == 1.0 and m["self_keeps"] == 0.0 and m["balanced_self"] == 0.5
-    assert metrics.coupling_metrics(current, current, original)["balanced_self"] == 1.0
-    assert np.isnan(metrics.coupling_metrics(original, original, original)["balanced_self"])  # nothing changes
+    assert scored(current, current, original)["balanced_self"] == 1.0
+    assert np.isnan(scored(original, original, original)["balanced_self"])  # nothing changes
 
 
 def test_mean_ci_uses_students_t():
@@ -53,22 +63,22 @@ def test_mean_ci_uses_students_t():
     assert np.isnan(metrics.mean_ci([0.5])[1])
 
 
-@pytest.mark.parametrize("gaps, self_flipped, met", [((0.10, 0.12, 0.11), 0.8, True),
-                                                     ((0.10, 0.12, 0.11), 0.4, False),  # flipped items not followed
-                                                     ((0.2, -0.2, 0.1), 0.8, False),    # interval reaches below zero
-                                                     ((0.2,), 0.9, False)])             # one seed: no interval
-def test_the_earlier_bar_needs_an_interval_above_zero_and_flipped_items_followed(gaps, self_flipped, met):
-    assert metrics.meets_bar([{"gap": g, "self_flipped": self_flipped} for g in gaps]) is met
-
-
 @pytest.mark.parametrize("trackings, met", [((0.9, 0.8, 0.85), True),
-                                            ((0.6, 0.55, 0.5), True),
-                                            ((0.0, 0.0, 0.0), False),   # the input-blind explainers: tracking 0
-                                            ((0.9, 0.0, 0.9), False),   # mean 0.6, but its interval reaches 0
-                                            ((0.3, 0.4, 0.35), False)])
-def test_the_bar_needs_tracking_above_every_input_blind_explainer(trackings, met):
-    finals = [{"gap": g, "self_flipped": 1.0, "tracking": t} for g, t in zip((0.10, 0.12, 0.11), trackings)]
+                                            ((0.6, 0.65, 0.7), True),
+                                            ((0.0, 0.0, 0.0), False),      # one verdict everywhere: 0
+                                            ((0.9, 0.3, 0.9), False),      # mean 0.7, its interval reaches 0.5
+                                            ((0.9, float("nan"), 0.9), False),  # a run with nothing to follow
+                                            ((0.55, 0.5, 0.6), False)])    # above 0.5, not surely
+def test_the_bar_needs_verdict_tracking_surely_above_one_half_on_every_run(trackings, met):
+    finals = [{"gap": g, "tracking": 1.0, "verdict_tracking": t} for g, t in zip((0.10, 0.12, 0.11), trackings)]
     assert metrics.meets_bar(finals) is met
+
+
+@pytest.mark.parametrize("gaps, met", [((0.10, 0.12, 0.11), True),
+                                       ((0.2, -0.2, 0.1), False),  # the gap's interval reaches below zero
+                                       ((0.2,), False)])           # one seed: no interval
+def test_the_bar_needs_the_gaps_interval_above_zero(gaps, met):
+    assert metrics.meets_bar([{"gap": g, "verdict_tracking": 0.9} for g in gaps]) is met
 
 
 def tiny_config(seed=1, task="refusal", **kw):
@@ -297,11 +307,11 @@ def test_the_best_input_blind_explainer_is_the_constant_with_the_largest_gap():
     blind = metrics.best_input_blind(current, original)
     assert blind == {"blind_self": 0.8, "blind_orig": pytest.approx(0.4), "blind_gap": pytest.approx(0.4),
                      "blind_self_flipped": 1.0}
-    m = metrics.coupling_metrics(constant((0, 2), 5), current, original)
+    m = scored(constant((0, 2), 5), current, original)
     assert m["gap"] == pytest.approx(m["blind_gap"]) and m["self_flipped"] == 1.0 and m["tracking"] == 0.0
-    assert not metrics.is_coupled(m)  # the earlier rule (Self@flipped > 0.5) passed it
-    assert metrics.is_coupled({key: v for key, v in m.items() if key != "tracking"})
-    assert metrics.is_coupled(metrics.coupling_metrics(current, current, original))  # a copy of the current behaviour
+    assert not metrics.is_coupled(m)  # the first rule (Self@flipped > 0.5) passed it
+    assert metrics.is_coupled({key: v for key, v in m.items() if key not in ("tracking", "verdict_tracking")})
+    assert metrics.is_coupled(scored(current, current, original))  # a copy of the current behaviour
     nothing = metrics.best_input_blind(original, original)
     assert nothing["blind_gap"] == 0 and nothing["blind_self"] == 0
 
@@ -310,6 +320,55 @@ def test_flipped_items_are_split_by_whether_the_shift_trained_their_unit():
     original = labels([0, 0, 0, 0], [1, 1, 1, 1])
     current = labels([1, 1, 0, 0], [2, 2, 1, 1])          # items 0 and 1 flipped
     explanations = labels([1, 0, 0, 0], [2, 1, 1, 1])     # follows item 0 only
-    m = metrics.coupling_metrics(explanations, current, original, shifted=np.array([True, False, False, True]))
+    m = scored(explanations, current, original, shifted=np.array([True, False, False, True]))
     assert (m["n_flipped_shifted"], m["self_flipped_shifted"], m["tracking_shifted"]) == (1, 1.0, 1.0)
     assert (m["n_flipped_drift"], m["self_flipped_drift"], m["tracking_drift"]) == (1, 0.0, 0.0)
+
+
+def reduce_shift():
+    """Ten items: M0 follows C on items 0-4 ("would become"); the shift makes items 0-2 ignore C, so their
+    label is now "would remain" their (unchanged) answer."""
+    original = labels([1, 1, 1, 1, 1, 0, 0, 0, 0, 0], [0, 1, 2, 3, 0, 1, 2, 3, 0, 1])
+    current = labels([0, 0, 0, 1, 1, 0, 0, 0, 0, 0], [0, 1, 2, 3, 0, 1, 2, 3, 0, 1])
+    return original, current
+
+
+def test_no_explainer_that_writes_one_verdict_everywhere_passes_the_rule_though_the_copy_of_its_answer_passed_the_last():
+    """The C-blind copies know the model's answers but not C's effect. "Would remain <answer with C>" is
+    right on every item the reduce shift flipped and, by its answer, wrong on their unflipped peers, so
+    exact tracking credits it; on the verdict alone it, the other copy and every constant score 0."""
+    original, current = reduce_shift()
+    copies = metrics.c_blind_explainers(current, answers_with_c(current))
+    remain = scored(copies["copy_remain"], current, original)
+    assert remain["gap"] > 0 and remain["tracking"] > 0.5  # the rule before verdict tracking: coupled
+    hand_made = [copies["copy_remain"], copies["copy_become"]] + [constant((v, a), 10) for v in (0, 1) for a in range(4)]
+    for explainer in hand_made:
+        m = scored(explainer, current, original)
+        assert m["verdict_tracking"] == 0.0 and m["balanced_self"] <= 0.5 and not metrics.is_coupled(m)
+    assert metrics.is_coupled(scored(current, current, original))  # a copy of the current behaviour
+    stored = scored(original, current, original)  # what each evaluation records of the copies
+    for name, explainer in copies.items():
+        assert all(stored[f"{name}_{key}"] == value for key, value in metrics.scores(explainer, current, original).items())
+
+
+def test_coupled_needs_a_positive_gap_and_verdict_tracking_above_one_half():
+    original, current = reduce_shift()
+    follows_two_of_three = labels([0, 0, 1, 1, 1, 0, 0, 0, 0, 0], [0, 1, 2, 3, 0, 1, 2, 3, 0, 1])
+    m = scored(follows_two_of_three, current, original)
+    assert m["verdict_tracking"] == pytest.approx(2 / 3) and m["gap"] > 0 and metrics.is_coupled(m)
+    assert not metrics.is_coupled({**m, "gap": 0.0}) and not metrics.is_coupled({**m, "verdict_tracking": 0.5})
+    assert not metrics.is_coupled({**m, "verdict_tracking": float("nan")})
+
+
+def evaluation(coupled, self_unflipped=0.95):
+    return {"gap": 0.1, "verdict_tracking": 0.9 if coupled else 0.1, "self_unflipped": self_unflipped}
+
+
+@pytest.mark.parametrize("curve, kind", [
+    ([evaluation(False), evaluation(True), evaluation(True)], None),
+    ([evaluation(False), evaluation(True), evaluation(False, 0.5)], "tracked, then lost it"),
+    ([evaluation(True), evaluation(False), evaluation(False, 0.5)], "never generalised"),  # step 0 does not count
+    ([evaluation(False), evaluation(False), evaluation(False, 0.79)], "never generalised"),
+    ([evaluation(False), evaluation(False), evaluation(False, 0.8)], "generalised, did not track")])
+def test_a_failed_run_is_told_apart_by_how_it_failed(curve, kind):
+    assert metrics.failure_kind(curve) == kind

@@ -108,7 +108,7 @@ def test_no_user_command_writes_into_the_reference(mine, monkeypatch, capsys):
     assert tracked_reference() == before
     assert (mine / "REPORT.md").exists() and (mine / "bench.json").exists() and (mine / "STRESS.md").exists()
     out = capsys.readouterr().out
-    assert "Your numbers beside the reference" in out and "| hint | yes | 1 |" in out
+    assert "Your numbers beside the reference" in out and "| hint | yes | yours | 1 |" in out
 
 
 def refused(argv, capsys):
@@ -155,8 +155,8 @@ def test_show_prints_flipped_and_unflipped_items_of_a_saved_run(mine):
         ex.show(replace(cfg, seed=5))
 
 
-def fake(task, seed, gap, self_flipped, kl=True, cpu="Toaster CPU"):
-    final = {"gap": gap, "self_flipped": self_flipped, **({"blind_gap": 0.05, "tracking": 0.7} if kl else {})}
+def fake(task, seed, gap, verdict_tracking, kl=True, cpu="Toaster CPU"):
+    final = {"gap": gap, "verdict_tracking": verdict_tracking, **({"blind_gap": 0.05, "c_blind_gap": 0.2} if kl else {})}
     return {"config": {"task": task, "seed": seed, "explain": {"kl_weight": 3.0 if kl else 0.0}},
             "final": final, "curve": [final], "provenance": {"cpu": cpu, "cpu_capability": "avx2", "gpu": None}}
 
@@ -167,9 +167,11 @@ def test_the_comparison_puts_your_numbers_beside_the_reference_and_applies_the_b
     reference = [fake("hint", s, 0.1, 0.9, cpu="Big CPU") for s in range(5)] + \
                 [fake("refusal", s, 0.05, 0.7, cpu="Big CPU") for s in range(5)]
     text = ex.comparison(mine, reference)
-    assert ("| hint | yes | 3 | +0.110 ± 0.025 | +0.050 ± 0.000 | 0.70 ± 0.00 | 0.80 ± 0.00 | 3 of 3 | 5 | +0.100 ± 0.000 | "
-            "+0.050 ± 0.000 | 0.70 ± 0.00 | 0.90 ± 0.00 | 5 of 5 |") in text
-    assert "| hint | no | 1 | -0.300 | n/a | n/a | 0.10 | 0 of 1 | 0 | n/a | n/a | n/a | n/a | n/a |" in text
+    assert "| hint | yes | yours | 3 | +0.110 ± 0.025 | +0.050 | +0.200 | 0.80 ± 0.00 | 3 of 3 |" in text
+    assert "| hint | yes | reference | 5 | +0.100 ± 0.000 | +0.050 | +0.200 | 0.90 ± 0.00 | 5 of 5 |" in text
+    assert "| hint | no | yours | 1 | -0.300 | n/a | n/a | 0.10 | 0 of 1 |" in text
+    assert "| hint | no | reference |" not in text  # no reference runs without KL here
+    assert max(map(len, text.splitlines())) <= 100  # readable in a 100-column terminal
     assert "- hint: the bar is met here; in the reference: met." in text
     assert "- refusal: the bar is not met here; in the reference: met." in text
     assert "Yours: computed on Toaster CPU (avx2 kernels)" in text and "Reference: computed on Big CPU" in text

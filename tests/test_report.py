@@ -28,25 +28,28 @@ def test_the_report_tables_every_seed_and_says_where_it_ran(tmp_path):
     assert "](../figs/tiny_curves.png)" in text  # figure links relative to the report
 
 
-def point(gap, self_flipped):
-    return {"gap": gap, "self_flipped": self_flipped}
+def point(gap, verdict_tracking, self_unflipped=0.9):
+    return {"gap": gap, "verdict_tracking": verdict_tracking, "self_unflipped": self_unflipped}
 
 
 def run(seed, *curve):
     return {"config": {"seed": seed, "task": "hint", "explain": {"kl_weight": 3.0}}, "curve": list(curve),
-            "final": curve[-1]}
+            "final": curve[-1], "failure": metrics.failure_kind(curve)}
 
 
-def test_a_failed_run_that_was_coupled_earlier_is_told_apart_from_one_that_never_was():
-    runs = [run(0, point(0.1, 0.9), point(0.2, 0.8)),          # coupled throughout
-            run(1, point(0.1, 0.7), point(-0.1, 0.2)),         # coupled, then lost it
-            run(2, point(0.0, 0.0), point(0.1, 0.4)),          # never coupled: Self@flipped stays below 0.5
-            run(3, point(0.05, None), point(-0.2, 0.1))]       # no flipped items at first: not coupled then
-    assert [metrics.is_coupled(r["final"]) for r in runs] == [True, False, False, False]
-    assert report.lost_coupling(runs) == ([1, 2, 3], [1])
-    assert report.lost_coupling_text({("hint", "kl"): runs}) == \
-        "- hint: 3 of 4 not coupled at the end (seeds 1, 2, 3); 1 of them coupled at an earlier evaluation (seed 1)."
-    assert report.lost_coupling_text({("hint", "kl"): runs[:1]}) == "Every run with KL is coupled at the end."
+def test_the_failures_table_counts_each_way_a_run_failed_with_its_seeds():
+    step0 = point(0.0, float("nan"))
+    runs = [run(0, step0, point(0.1, 0.9), point(0.2, 0.8)),        # coupled throughout
+            run(1, step0, point(0.1, 0.7), point(-0.1, 0.2)),       # coupled, then lost it
+            run(2, step0, point(0.0, 0.0), point(0.1, 0.4)),        # generalised, never followed the shift
+            run(3, step0, point(0.05, None), point(-0.2, 0.1, 0.5)),  # Self on unflipped items 0.5
+            run(4, step0, point(0.0, 0.0), point(0.1, 0.4))]
+    del runs[4]["failure"]  # saved before the diagnosis
+    assert [metrics.is_coupled(r["final"]) for r in runs] == [True, False, False, False, False]
+    assert report.failures(runs) == {"tracked, then lost it": [1], "generalised, did not track": [2],
+                                     "never generalised": [3], "not diagnosed": [4]}
+    assert report.failures_table({("hint", "kl"): runs}).splitlines()[2] == \
+        "| hint | 5 | 4 | 1 (seeds 1) | 1 (seeds 3) | 1 (seeds 2) | 1 (seeds 4) |"
 
 
 def test_the_flipped_runs_figure_colours_each_run_by_its_final_verdict(tmp_path, monkeypatch):
@@ -80,17 +83,17 @@ def test_the_patching_figure_draws_one_panel_per_task_with_each_seed(tmp_path, m
         figures.plot_patching([{"config": {"task": "hint", "seed": 0}}], str(tmp_path / "p.png"))
 
 
-def test_the_directions_table_puts_each_gap_beside_the_input_blind_one_and_judges_by_tracking():
+def test_the_directions_table_puts_each_gap_beside_the_blind_ones_and_judges_by_verdict_tracking():
     def result(shift, seed, gap, tracking, kl=3.0):
-        final = {"gap": gap, "blind_gap": 0.2, "tracking": tracking, "self_flipped": 0.9, "tracking_drift": 0.5,
-                 "n_flipped_drift": 4, "blind_self_flipped": 1.0}
+        final = {"gap": gap, "blind_gap": 0.2, "c_blind_gap": 0.25, "tracking": 1.0, "verdict_tracking": tracking,
+                 "balanced_self": 0.5, "tracking_drift": 0.5, "n_flipped_drift": 4, "blind_self_flipped": 1.0}
         return {"config": {"task": "refusal", "shift": shift, "seed": seed, "explain": {"kl_weight": kl}},
                 "final": final}
     runs = [result("reduce", s, 0.1 + s / 100, 0.9) for s in range(3)] + \
-           [result("acquire", s, 0.2, 0.0) for s in range(3)]  # an input-blind explainer: tracking 0
+           [result("acquire", s, 0.2, 0.0) for s in range(3)]  # a C-blind explainer: verdict tracking 0
     table = report.directions_table(runs)
-    assert "| refusal | acquire | yes | 3 | **+0.200 ± 0.000** | +0.200 ± 0.000 | 0.00 ± 0.00 | 0.90 ± 0.00 | " \
-           "1.00 ± 0.00 | 0.50 ± 0.00 (4 ± 0) | 0 of 3 | not met |" in table
+    assert "| refusal | acquire | yes | 3 | **+0.200 ± 0.000** | +0.200 ± 0.000 | +0.250 ± 0.000 | 1.00 ± 0.00 | " \
+           "0.00 ± 0.00 | 0.50 ± 0.00 | 1.00 ± 0.00 | 0.50 ± 0.00 (4 ± 0) | 0 of 3 | not met |" in table
     assert "| refusal | reduce | yes | 3 | **+0.110 ± 0.025** |" in table and "| 3 of 3 | met |" in table
 
 
@@ -103,9 +106,9 @@ def test_the_diagnosis_table_sums_malformed_kinds_over_seeds():
     assert len(table.splitlines()) == 3  # the runs without KL are not diagnosed
 
 
-def test_the_verdict_table_judges_each_task_by_tracking_not_by_the_gap_alone():
-    final = lambda gap, tracking: {"gap": gap, "blind_gap": 0.2, "tracking": tracking, "self_flipped": 0.9}
-    groups = {("refusal", "kl"): [{"final": final(0.2 + s / 100, 0.0)} for s in range(3)],  # input-blind
+def test_the_verdict_table_judges_each_task_by_verdict_tracking_not_by_the_gap_alone():
+    final = lambda gap, tracking: {"gap": gap, "blind_gap": 0.2, "tracking": 0.9, "verdict_tracking": tracking}
+    groups = {("refusal", "kl"): [{"final": final(0.2 + s / 100, 0.0)} for s in range(3)],  # C-blind
               ("hint", "kl"): [{"final": final(0.1 + s / 100, 0.9)} for s in range(3)]}
     rows = report.verdict_table(groups).splitlines()[2:]
     assert rows[0].endswith("| 0 of 3 | not met |") and rows[1].endswith("| 3 of 3 | met |")
