@@ -36,7 +36,7 @@ def saved_run(result_path, runs_dir=None, device=None):
     `device` (default: the one it ran on)."""
     cfg = config_from_dict(read_result(result_path)["config"])
     task, device = get_task(cfg.task), pick_device(device or cfg.pretrain.device)
-    split = task.split(cfg.seed, cfg.n_explain, cfg.n_eval)
+    split = task.split(cfg.seed, cfg.n_explain, cfg.n_eval, cfg.validation)
     probed, items = held_out(cfg, task, split)
     return (cfg, task, split, probed, items, load_model(m0_path(cfg.pretrain, runs_dir), device),
             load_model(explainer_path(result_path), device))

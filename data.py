@@ -27,6 +27,7 @@ RNG_STREAMS = {
     "world": (1,),  # a task's world and its unit halves (Task.split)
     "explain_items": (1, 1),  # the explanation training items
     "eval_items": (1, 2),  # the held-out evaluation items
+    "validation": (1, 3),  # the explanation half's validation units and their items
     "pretrain_batches": (2,),  # + step: M0's batch at that step
     "probe_cases": (3,),  # the fixed cases that report M0's accuracy
     "explain_batches": (4,),  # + step: stage B's batch at that step
@@ -123,12 +124,18 @@ def unit_token_ids():
 @dataclass
 class Split:
     """One seed's world and its counterfactual items: explanation training items come only from
-    explain_units, held-out evaluation items are disjoint from them."""
+    explain_units (less validation_units, whose items validate the explainer on frozen labels and are
+    never trained on), held-out evaluation items are disjoint from them."""
     world: dict
     explain_units: np.ndarray
     heldout_units: np.ndarray
     explain_items: list
     eval_items: list
+    validation_units: np.ndarray
+    validation_items: list
+
+
+VALIDATION_ITEMS = 150  # items on the validation units (Task.split)
 
 
 class Task:
@@ -196,19 +203,27 @@ class Task:
         """Units that held-out items draw from (by default only the held-out half)."""
         return split_heldout
 
-    def split(self, seed, n_explain=300, n_eval=900):
-        """The world for a seed, the unit halves and the two disjoint item sets, all from the seed."""
+    def split(self, seed, n_explain=300, n_eval=900, validation=0.0):
+        """The world for a seed, the unit halves and the disjoint item sets, all from the seed. validation:
+        the fraction of the explanation half's units whose VALIDATION_ITEMS items are kept out of
+        explanation training (0: none; the other items are then drawn exactly as without it)."""
         n_explain, n_eval = check_positive("n_explain", n_explain), check_positive("n_eval", n_eval)
         world_rng = rng(seed, "world")
         world = self.new_world(world_rng)
         order = world_rng.permutation(N_UNITS)
         explain_units, heldout_units = np.sort(order[: N_UNITS // 2]), np.sort(order[N_UNITS // 2:])
-        explain_items = self._distinct_items(rng(seed, "explain_items"), world, explain_units, n_explain,
-                                             exclude=set())
+        validation_rng = rng(seed, "validation")
+        validation_units = np.sort(validation_rng.choice(explain_units, int(round(validation * len(explain_units))),
+                                                         replace=False))
+        explain_items = self._distinct_items(rng(seed, "explain_items"), world,
+                                             np.setdiff1d(explain_units, validation_units), n_explain, exclude=set())
+        validation_items = self._distinct_items(validation_rng, world, validation_units, VALIDATION_ITEMS,
+                                                exclude=set(explain_items)) if len(validation_units) else []
         eval_items = self._distinct_items(rng(seed, "eval_items"), world,
                                           self.eval_units(heldout_units, np.arange(N_UNITS)), n_eval,
-                                          exclude=set(explain_items))
-        return Split(world, explain_units, heldout_units, explain_items, eval_items)
+                                          exclude=set(explain_items) | set(validation_items))
+        return Split(world, explain_units, heldout_units, explain_items, eval_items, validation_units,
+                     validation_items)
 
     def _distinct_items(self, rng, world, units, n, exclude, draw=None):
         """n distinct items drawn by draw(rng, world, units) (default: random_item), none in exclude."""

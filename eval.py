@@ -68,6 +68,10 @@ class RunConfig:
                             "drawn)", 1, 20_000)
     n_eval: int = option(900, "held-out evaluation items (from the other half; at most what can be drawn)",
                          1, 20_000)
+    validation: float = option(0.0, "fraction of the explanation half's units held out of explanation training: "
+                               "the explainer is validated on their items' frozen labels E(M0) at every "
+                               "evaluation, and the run reports and keeps the earliest evaluation with the "
+                               "best validation accuracy (0: none; the last evaluation)", 0.0, 0.5)
     n_kl_prompts: int = option(4096, "task prompts drawn for the KL term (plus the explanation items)",
                                1, 100_000)
     explained_features: int = option(1, "with shift=trigger, the features explanation labels cover: the task's "
@@ -191,7 +195,7 @@ def check_feasible(cfg: RunConfig):
     """(task, split) of a run, or a UserError if the task cannot supply its items or its shift: checked
     before anything is trained, for one run and for every run of a suite."""
     task = get_task(cfg.task)
-    split = task.split(cfg.seed, cfg.n_explain, cfg.n_eval)
+    split = task.split(cfg.seed, cfg.n_explain, cfg.n_eval, cfg.validation)
     if cfg.schedule != "none" and cfg.shift != "trigger":
         task.shift(split.world, rng(cfg.seed, "shift_units"), split.heldout_units, cfg.shift_size, cfg.shift)
     explained(cfg, task, split)
@@ -271,16 +275,39 @@ def kl_prompts(cfg: RunConfig, task, explain_items, m0, shifted):
     return list(zip([task.encode(c) for c in cases], case_logprobs(m0, task, cases)))
 
 
+class Validation:
+    """RunConfig.validation: the explainer's accuracy on the frozen labels E(M0) of items on explanation-
+    half units it never trains on, at each evaluation, and a copy of the model at the earliest best one,
+    which the run then reports and keeps. Only frozen labels are read: choosing when to stop knows
+    nothing of the shift."""
+
+    def __init__(self, task, items, m0):
+        self.task, self.items, self.labels = task, items, current_labels(m0, task, items)[0]
+        self.best, self.best_index, self.best_state = -1.0, None, None
+
+    def accuracy(self, model):
+        return mean_or_nan(explain(model, self.task, self.items).matches(self.labels))
+
+    def __call__(self, index, model):
+        accuracy = self.accuracy(model)
+        if accuracy > self.best:
+            self.best, self.best_index = accuracy, index
+            self.best_state = {name: value.detach().clone() for name, value in model.state_dict().items()}
+        return accuracy
+
+
 class Evaluator:
     """Called by stage B at every evaluation: E(M_t) from the current behaviour on the held-out pairs,
     the generated explanations scored against it (Self) and against E(M0) (Orig), the task accuracy
     against the world the last step trained towards, how far the shift is learnt, and the losses.
     checks: more items asked through `probed` (the explained words on held-out units, explained_check),
-    scored apart as explained_self, explained_orig and explained_malformed."""
+    scored apart as explained_self, explained_orig and explained_malformed; validation: a Validation,
+    whose accuracy is recorded as "validation"."""
 
-    def __init__(self, cfg, probed, items, m0, phases, shifted, split, other=None, log=print, checks=()):
+    def __init__(self, cfg, probed, items, m0, phases, shifted, split, other=None, log=print, checks=(),
+                 validation=None):
         self.cfg, self.probed, self.items, self.phases, self.log = cfg, probed, items, phases, log
-        self.checks = checks
+        self.checks, self.validation = checks, validation
         self.checks_original = current_labels(m0, probed, checks)[0] if checks else None
         units = set(shifted.tolist())  # the trigger shifts no unit's world: its flips have no unit cause
         self.shifted = np.array([bool(units & set(probed.units_of(i))) for i in items]) if units else None
@@ -305,6 +332,8 @@ class Evaluator:
             metrics.update(orig_other=mean_or_nan(explanations.matches(self.other)),
                            family_agreement=mean_or_nan(self.other.matches(self.original)))
             metrics["gap_other"] = metrics["self"] - metrics["orig_other"]
+        if self.validation:
+            metrics["validation"] = self.validation(len(self.curve), model)
         if self.checks:
             said = explain(model, self.probed, self.checks)
             metrics.update(explained_self=mean_or_nan(said.matches(current_labels(model, self.probed, self.checks)[0])),
@@ -316,7 +345,8 @@ class Evaluator:
                  f"{metrics['n_flipped']:3d} (Self@flipped {metrics['self_flipped']:.2f}) tracking "
                  f"{metrics['tracking']:+.2f} (verdict {metrics['verdict_tracking']:+.2f}) malformed {metrics['malformed']:.2f} | losses: explanation "
                  f"{losses['explain_loss']:.3f} shift {losses['shift_loss']:.3f} KL {losses['kl_loss']:.4f}"
-                 + (f" | explained words: Self {metrics['explained_self']:.3f}" if self.checks else ""))
+                 + (f" | explained words: Self {metrics['explained_self']:.3f}" if self.checks else "")
+                 + (f" | validation {metrics['validation']:.3f}" if self.validation else ""))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -338,7 +368,8 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=None, log=print):
     # Stage A: B(M0) on the explanation items gives the frozen labels E(M0), never refreshed.
     train_labels, other, label_counts = frozen_labels(cfg, labelled, explain_items, m0, runs_dir, log)
     checks = explained_check(cfg, probed, split)
-    evaluate = Evaluator(cfg, probed, eval_items, m0, phases, shifted, split, other, log, checks)
+    validation = Validation(task, split.validation_items, m0) if cfg.validation else None
+    evaluate = Evaluator(cfg, probed, eval_items, m0, phases, shifted, split, other, log, checks, validation)
     # Stage B: learn to explain on the frozen labels, KL to M0 on task prompts, the shift alongside;
     # Self and Orig are measured every eval_every steps.
     model = explainer_from(m0, cfg.explain.lora_rank)
@@ -346,14 +377,18 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=None, log=print):
     shift_data = [(p.start, [(probed.encode(c), probed.teacher(p.world, c)) for c in p.cases]) for p in phases]
     kl_data = kl_prompts(cfg, labelled, explain_items, m0, shifted)
     train_explainer(model, cfg.explain, cfg.seed, explain_data, shift_data, kl_data, task.answer_ids, evaluate)
+    # The evaluation reported: the last, or with validation the earliest best on the frozen labels.
+    reported = validation.best_index if validation else len(evaluate.curve) - 1
+    if validation:
+        model.load_state_dict(validation.best_state)
     result = {"config": asdict(cfg), "provenance": provenance(), "m0": m0_report,
               "n_trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
               "data": {"n_explain_items": len(explain_data), "n_eval_items": len(eval_items),
                        "n_check_items": len(checks), "n_shifted_units": len(shifted), "n_shift_cases": len(phases[-1].cases) if phases else 0,
                        "shift_phase_starts": [p.start for p in phases], "n_kl_prompts": len(kl_data),
                        "train_changed_fraction": float(train_labels.changed.mean()), **label_counts},
-              "baseline": evaluate.curve[0], "final": evaluate.curve[-1], "curve": evaluate.curve,
-              "failure": failure_kind(evaluate.curve), "seconds": round(time.time() - t0, 2)}
+              "baseline": evaluate.curve[0], "final": evaluate.curve[reported], "curve": evaluate.curve,
+              "failure": failure_kind(evaluate.curve[: reported + 1]), "seconds": round(time.time() - t0, 2)}
     if out_path:
         save_checkpoint(explainer_path(out_path), model, None, asdict(cfg), cfg.explain.steps)
         write_json(result, out_path)

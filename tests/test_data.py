@@ -192,8 +192,8 @@ def test_behaviour_training_cases_carry_the_explained_words_but_never_the_held_o
 
 def test_each_random_stream_keeps_the_seed_tags_saved_results_were_made_with():
     """Renaming a stream is free; changing its tag changes every result drawn from it."""
-    tags = {"world": (1,), "explain_items": (1, 1), "eval_items": (1, 2), "pretrain_batches": (2,),
-            "probe_cases": (3,), "explain_batches": (4,), "label_noise": (5, 0), "shift_units": (5, 1),
+    tags = {"world": (1,), "explain_items": (1, 1), "eval_items": (1, 2), "validation": (1, 3),
+            "pretrain_batches": (2,), "probe_cases": (3,), "explain_batches": (4,), "label_noise": (5, 0), "shift_units": (5, 1),
             "shift_cases": (5, 2), "kl_prompts": (5, 3), "gradual_order": (5, 4), "label_mix": (5, 5),
             "world_variation": (6,), "feature_items": (7,)}
     assert data.RNG_STREAMS == tags

@@ -1,14 +1,17 @@
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 import data
 import eval as ev
 import metrics
 import experiments
 import train
+from analysis import load_model
 from explain import Labels
 from train import ExplainConfig, PretrainConfig
 
@@ -372,3 +375,35 @@ def evaluation(coupled, self_unflipped=0.95):
     ([evaluation(False), evaluation(False), evaluation(False, 0.8)], "generalised, did not track")])
 def test_a_failed_run_is_told_apart_by_how_it_failed(curve, kind):
     assert metrics.failure_kind(curve) == kind
+
+
+@pytest.mark.parametrize("task", ["hint", "judgement", "refusal"])
+def test_validation_items_lie_on_explanation_half_units_that_no_training_item_touches(task):
+    t = data.get_task(task)
+    plain, held = t.split(3, 300, 900), t.split(3, 300, 900, validation=0.2)
+    assert len(held.validation_units) == 60 and set(held.validation_units) <= set(held.explain_units)
+    assert len(held.validation_items) == data.VALIDATION_ITEMS
+    assert all(set(t.units_of(i)) <= set(held.validation_units) for i in held.validation_items)
+    assert not any(set(t.units_of(i)) & set(held.validation_units) for i in held.explain_items)
+    assert not set(held.eval_items) & (set(held.explain_items) | set(held.validation_items))
+    assert plain.validation_items == [] and len(plain.validation_units) == 0
+    assert plain.explain_items == t.split(3, 300, 900, validation=0.0).explain_items
+
+
+def test_with_validation_a_run_reports_and_keeps_the_earliest_evaluation_with_the_best_validation_accuracy(
+        tmp_path, monkeypatch):
+    scripted, states = iter([0.0, 0.5, 0.7, 0.7, 0.6]), []
+
+    def accuracy(self, model):  # scripted accuracies; the model at each evaluation is recorded
+        states.append({name: value.clone() for name, value in model.state_dict().items()})
+        return next(scripted)
+    monkeypatch.setattr(ev.Validation, "accuracy", accuracy)
+    cfg = tiny_config(seed=2, validation=0.2)
+    cfg.explain = replace(cfg.explain, steps=8, eval_every=2)
+    result = ev.run_coupling(cfg, str(tmp_path / "r.json"), runs_dir=str(tmp_path), log=lambda *a: None)
+    assert [e["validation"] for e in result["curve"]] == [0.0, 0.5, 0.7, 0.7, 0.6]
+    assert result["final"] == result["curve"][2] and result["final"]["step"] == 4
+    assert result["failure"] == metrics.failure_kind(result["curve"][:3])
+    kept = load_model(str(tmp_path / "r.pt")).state_dict()
+    assert all(torch.equal(kept[name], value) for name, value in states[2].items())
+    assert not all(torch.equal(kept[name], value) for name, value in states[-1].items())
