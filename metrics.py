@@ -1,10 +1,12 @@
 """The metrics of coupling, and the baselines they are judged against.
 
 Self and Orig score a model's explanations against labels from its current behaviour E(M_t) and from
-M0's, E(M0); they differ only on flipped items. The best input-blind explainer (one explanation written
-for every item) bounds what an explainer that ignores its input can score, and tracking, item by item,
-is 0 for any such explainer and 1 for a copy of the current behaviour. A run is coupled, and a task meets
-the bar, by rules stated here and in the README.
+M0's, E(M0); they differ only on flipped items. Two kinds of explainer that do not know C's effect bound
+what the gap alone can show: the best input-blind explainer (one explanation written for every item) and
+the C-blind copies of the model's own answers ("would remain <answer with C>", "would become <answer
+without C>"). Tracking, item by item, is 0 for any input-blind explainer and 1 for a copy of the current
+behaviour; on the verdict alone (verdict tracking) it is 0 for the C-blind copies too. A run is coupled,
+and a task meets the bar, by rules stated here and in the README.
 """
 import math
 
