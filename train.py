@@ -245,12 +245,19 @@ def new_optimizer(model, lr, weight_decay=0.0):
     return torch.optim.AdamW(trainable, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay, fused=True)
 
 
-def take_step(model, optimizer, loss, lr, grad_clip=None):
-    """One optimizer step at learning rate lr (both stages)."""
+def take_step(model, optimizer, loss, lr, grad_clip=None, but_units=None):
+    """One optimizer step at learning rate lr (both stages). but_units: (another loss, token ids): its
+    gradient is added too, but not on those tokens' embedding rows."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if but_units is not None:
+        other, rows = but_units
+        hook = model.tok_emb.weight.register_hook(lambda grad: grad.index_fill(0, rows, 0.0))
+        other.backward()
+        hook.remove()
+    if torch.is_tensor(loss) and loss.requires_grad:
+        loss.backward()
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
@@ -350,6 +357,9 @@ class ExplainConfig:
                                   "gradient reaches only the unit words' embeddings; layers: those embeddings "
                                   "stay at M0's values under every loss, so the shift lives in the layers",
                            choices=SHIFT_IN)
+    explain_in: str = option("all", "where the explanation objective may write: all weights; layers: every weight "
+                                    "but the unit words' embeddings, so it cannot store a label per unit and must "
+                                    "read what the units hold", choices=("all", "layers"))
 
     def __post_init__(self):
         check_ranges(self)
@@ -417,7 +427,7 @@ def train_explainer(model, cfg: ExplainConfig, seed, explain_data, shift_phases,
     optimizer = new_optimizer(model, cfg.lr, cfg.weight_decay)
     use_kl = cfg.kl_weight > 0 and len(kl_data) > 0
     lower = f"the learning rate (now {cfg.lr})" + (f" or the KL weight (now {cfg.kl_weight})" if use_kl else "")
-    units = torch.from_numpy(unit_token_ids()).to(device) if cfg.shift_in != "all" else None
+    units = torch.from_numpy(unit_token_ids()).to(device) if "all" != cfg.shift_in or "all" != cfg.explain_in else None
     m0_unit_rows = model.tok_emb.weight.detach()[units].clone() if cfg.shift_in == "layers" else None
     parts = {"explain_loss": [], "shift_loss": [], "kl_loss": []}  # each step's values, detached
     for step in range(cfg.steps + 1):
@@ -435,8 +445,9 @@ def train_explainer(model, cfg: ExplainConfig, seed, explain_data, shift_phases,
         shift_data = shift_phases[phase][1] if phase is not None else []
         shift = [shift_data[i] for i in draws.integers(len(shift_data), size=cfg.shift_batch)] if shift_data else []
         kl = [kl_data[i] for i in draws.integers(len(kl_data), size=cfg.kl_batch)] if use_kl else []
-        loss = explanation_loss(model, explain)
-        parts["explain_loss"].append(loss.detach())
+        explain_loss = explanation_loss(model, explain)
+        parts["explain_loss"].append(explain_loss.detach())
+        loss = explain_loss if cfg.explain_in == "all" else 0.0  # else it takes its own backward pass
         if shift or kl:  # task prompts: one padded pass for the shift and KL parts together
             logp = model.answer_logprobs([p for p, _ in shift + kl], answer_ids)
             if shift:
@@ -451,8 +462,9 @@ def train_explainer(model, cfg: ExplainConfig, seed, explain_data, shift_phases,
                 kl_loss = kl_to_reference(logp[len(shift):], reference)
                 parts["kl_loss"].append(kl_loss.detach())
                 loss = loss + cfg.kl_weight * kl_loss
-        check_finite(loss, step, "explanation training", lower)
-        take_step(model, optimizer, loss, lr_at(step, cfg), cfg.grad_clip)
+        check_finite(explain_loss + loss, step, "explanation training", lower)
+        take_step(model, optimizer, loss, lr_at(step, cfg), cfg.grad_clip,
+                  but_units=(explain_loss, units) if cfg.explain_in == "layers" else None)
         if m0_unit_rows is not None:
             with torch.no_grad():
                 model.tok_emb.weight[units] = m0_unit_rows

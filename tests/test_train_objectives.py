@@ -77,9 +77,9 @@ def test_the_learning_rate_warms_up_linearly_peaks_then_decays_to_a_tenth():
 def record_learning_rates(monkeypatch):
     rates, take_step = [], train.take_step
 
-    def recording(model, optimizer, loss, lr, grad_clip=None):
+    def recording(model, optimizer, loss, lr, grad_clip=None, **kw):
         rates.append(lr)
-        take_step(model, optimizer, loss, lr, grad_clip)
+        take_step(model, optimizer, loss, lr, grad_clip, **kw)
 
     monkeypatch.setattr(train, "take_step", recording)
     return rates
@@ -126,3 +126,18 @@ def test_each_evaluation_receives_the_mean_losses_since_the_previous_one():
     train.train_explainer(train.explainer_from(m0), cfg, 0, [sequence], [], [], ANSWERS,
                           on_eval=lambda step, model, losses: calls.append(losses))
     assert math.isnan(calls[1]["shift_loss"]) and math.isnan(calls[1]["kl_loss"])  # parts absent: nan
+
+
+@pytest.mark.parametrize("explain_in, units_move", [("all", True), ("layers", False)])
+def test_explain_in_layers_keeps_the_explanation_objective_off_the_unit_words_embeddings(explain_in, units_move):
+    """Explanation sequences that name units, and no other objective: the unit words' rows move only when
+    the explanation objective may write everywhere; the other rows and the layers move either way."""
+    from data import unit_token_ids
+    m0 = tiny_gpt(TOKENIZER.n_vocab)
+    unit = [int(u) for u in unit_token_ids()[:3]]
+    sequences = [([1, unit[0], 3], [4, 5]), ([unit[1], 7], [unit[2], 8])]
+    cfg = train.ExplainConfig(steps=5, warmup=0, explain_batch=2, weight_decay=0.0, explain_in=explain_in)
+    model = train.train_explainer(train.explainer_from(m0), cfg, 0, sequences, [], [], ANSWERS)
+    moved = (model.tok_emb.weight - m0.tok_emb.weight).abs().sum(1) > 0
+    assert bool(moved[unit].any()) is units_move and bool(moved[[1, 3, 4, 5, 7, 8]].all())
+    assert not torch.equal(model.blocks[0].attn.qkv.weight, m0.blocks[0].attn.qkv.weight)
