@@ -1,20 +1,23 @@
 """The invariants the method rests on, each with a test that fails when it is broken.
 
 The explanation labels are M0's, computed once with their noise and never refreshed, and a noisy label
-stays one its source could produce; the shift trains each of its cases towards the new answer, and the KL
-term never holds a shifted unit.
+stays one its source could produce; the shift moves only held-out units, trains each of its cases towards
+the new answer, and the KL term never holds a shifted unit; each evaluation scores task accuracy against
+the world the last trained step used, Self against the current labels and Orig against the frozen ones.
 """
 from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 import eval as ev
 import train
 from data import encode, get_task, rng, token_id
-from explain import (add_label_noise, behaviour, explanation_data, explanation_query, labels_from_behaviour, mix_labels,
-                     pair_cases)
+from explain import (add_label_noise, behaviour, explanation_data, explanation_query, explanation_text,
+                     labels_from_behaviour, mix_labels, pair_cases)
 from test_eval import tiny_config
 
 
@@ -117,3 +120,91 @@ def test_label_noise_flips_the_nearest_whole_number_of_labels(n, fraction, flipp
     clean = labels_from_behaviour(with_c, np.where(draws.random(n) < 0.5, with_c, (with_c + 1) % 4))
     noisy, flips = add_label_noise(task, clean, with_c, fraction, draws)
     assert len(flips) == flipped == (noisy.changed != clean.changed).sum()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The shift
+
+@pytest.mark.parametrize("task_name, direction", [("hint", "reduce"), ("hint", "acquire"), ("hint", "both"),
+                                                  ("judgement", "flip"), ("refusal", "reduce"), ("refusal", "both"),
+                                                  ("twohop", "reduce"), ("twohop", "acquire")])
+def test_the_shift_moves_only_held_out_units_and_never_an_explanation_items_answer(task_name, direction):
+    """The shift touches only held-out units, so no explanation label ever contradicts the new behaviour:
+    an explanation can follow the shift only by reading it."""
+    cfg = ev.RunConfig(task=task_name, seed=2, shift=direction, shift_size=0.1)
+    task = get_task(task_name)
+    split = task.split(cfg.seed, cfg.n_explain, cfg.n_eval)
+    (phase,), shifted = ev.shift_schedule(cfg, task, task, split)
+    assert len(shifted) == 30 and set(shifted.tolist()) <= set(split.heldout_units.tolist())
+    for key, facts in split.world.items():
+        assert (phase.world[key][split.explain_units] == facts[split.explain_units]).all(), key
+    cases = pair_cases(task, split.explain_items)
+    assert [task.teacher(phase.world, c) for c in cases] == [task.teacher(split.world, c) for c in cases]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What each evaluation scores against
+
+class WorldModel:
+    """A stand-in for a model that has learnt the teacher of one world: it answers each task prompt as
+    the teacher does in `world`, and explains each item by its own behaviour there, so its explanations
+    are always its current labels. It records the items it is asked to explain."""
+
+    def __init__(self, task, world, items, other_cases=()):
+        self.task, self.world, self.asked = task, world, []
+        self.cases = {tuple(task.encode(case)): case for case in [*pair_cases(task, items), *other_cases]}
+        self.items = {tuple(encode(explanation_query(task, item))): item for item in items}
+
+    def labels(self, items):
+        answers = lambda cases: np.array([self.task.teacher(self.world, case) for case in cases])
+        return labels_from_behaviour(answers(items), answers([self.task.without_feature(item) for item in items]))
+
+    def answer_logprobs(self, prompts, answer_ids):
+        answers = torch.tensor([self.task.teacher(self.world, self.cases[tuple(prompt)]) for prompt in prompts])
+        return F.log_softmax(10.0 * F.one_hot(answers, len(answer_ids)).float(), -1)
+
+    def generate(self, prompts, max_new_tokens):
+        items = [self.items[tuple(prompt)] for prompt in prompts]
+        self.asked.append(items)
+        said = self.labels(items)
+        return [encode(explanation_text(self.task, c, a)) for c, a in zip(said.changed, said.answer)]
+
+
+def world_trained_at(phases, world, step):
+    """The world the shift objective trained towards at `step`: the last phase started by then, or the
+    world M0 learnt before the first."""
+    for phase in phases:
+        if phase.start <= step:
+            world = phase.world
+    return world
+
+
+@pytest.mark.parametrize("schedule", [{"schedule": "oscillating", "shift_at": 2, "back_at": 5},
+                                      {"schedule": "gradual", "shift_at": 1, "ramp_steps": 10}],
+                         ids=["oscillating", "gradual"])
+def test_each_evaluation_scores_against_the_world_the_last_trained_step_used(schedule):
+    """At step s the model has been trained up to step s - 1: a model that learnt exactly that step's
+    world has task accuracy 1 and has learnt that phase's shift fully. Scored against M0's world, or
+    against the phase that starts at s, it would not; and its truthful explanations have Self 1 and Orig
+    the fraction of items whose labels the shift left as they were."""
+    cfg = ev.RunConfig(task="hint", seed=0, n_explain=40, n_eval=200, explain=train.ExplainConfig(steps=12),
+                       **schedule)
+    task = get_task("hint")
+    split = task.split(cfg.seed, cfg.n_explain, cfg.n_eval)
+    phases, shifted = ev.shift_schedule(cfg, task, task, split)
+    cases = [case for phase in phases for case in phase.cases]
+    m0 = WorldModel(task, split.world, split.eval_items, cases)
+    evaluate = ev.Evaluator(cfg, task, split.eval_items, m0, phases, shifted, split, log=lambda *a: None)
+    model = WorldModel(task, split.world, split.eval_items, cases)
+    losses = dict.fromkeys(("explain_loss", "shift_loss", "kl_loss"), float("nan"))
+    frozen = m0.labels(split.eval_items)
+    for step in range(cfg.explain.steps + 1):
+        model.world = world_trained_at(phases, split.world, step - 1)
+        evaluate(step, model, losses)
+        point, learnt = evaluate.curve[-1], evaluate.curve[-1]["shift_learned"]
+        assert point["task_accuracy"] == 1.0, f"step {step}"
+        assert learnt == 1.0 if step - 1 >= cfg.shift_at else np.isnan(learnt), f"step {step}"
+        kept = np.mean(model.labels(split.eval_items).matches(frozen))
+        assert point["self"] == 1.0 and point["orig"] == pytest.approx(kept), f"step {step}"
+    assert max(point["n_flipped"] for point in evaluate.curve) > 0  # the shift does change evaluated labels
+    assert model.asked == [split.eval_items] * len(evaluate.curve)  # the same items at every evaluation
