@@ -3,9 +3,11 @@
 The explanation labels are M0's, computed once with their noise and never refreshed, and a noisy label
 stays one its source could produce; the shift moves only held-out units, trains each of its cases towards
 the new answer, and the KL term never holds a shifted unit; each evaluation scores task accuracy against
-the world the last trained step used, Self against the current labels and Orig against the frozen ones.
+the world the last trained step used, Self against the current labels and Orig against the frozen ones;
+the input-blind bound searches every constant explanation; a run with no gap is not coupled; and a run's
+file name covers every science setting.
 """
-from dataclasses import replace
+from dataclasses import fields, is_dataclass, replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,9 +16,11 @@ import torch
 import torch.nn.functional as F
 
 import eval as ev
+import experiments as ex
+import metrics
 import train
 from data import encode, get_task, rng, token_id
-from explain import (add_label_noise, behaviour, explanation_data, explanation_query, explanation_text,
+from explain import (Labels, add_label_noise, behaviour, explanation_data, explanation_query, explanation_text,
                      labels_from_behaviour, mix_labels, pair_cases)
 from test_eval import tiny_config
 
@@ -208,3 +212,109 @@ def test_each_evaluation_scores_against_the_world_the_last_trained_step_used(sch
         assert point["self"] == 1.0 and point["orig"] == pytest.approx(kept), f"step {step}"
     assert max(point["n_flipped"] for point in evaluate.curve) > 0  # the shift does change evaluated labels
     assert model.asked == [split.eval_items] * len(evaluate.curve)  # the same items at every evaluation
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The metrics' baselines and the rule
+
+def labels(changed, answer):
+    return Labels(np.array(changed), np.array(answer))
+
+
+def test_the_best_input_blind_explainer_may_write_would_become():
+    """Four items said "would remain A" under M0; three now change to D. The best constant is "would
+    become D" (gap 3/4), which is no frozen label and no "remain" label: a search over fewer
+    candidates would report a lower bound than an input-blind explainer reaches."""
+    original = labels([0, 0, 0, 0], [0, 0, 0, 0])
+    current = labels([1, 1, 1, 0], [3, 3, 3, 0])
+    blind = metrics.best_input_blind(current, original)
+    assert blind == {"blind_self": 0.75, "blind_orig": 0.0, "blind_gap": 0.75, "blind_self_flipped": 1.0}
+
+
+def test_the_input_blind_gap_is_the_best_gap_of_every_constant_explanation():
+    """Checked against brute force on random labels: every explanation the task can write, each written
+    for every item, and 0 (an explanation no label has)."""
+    draws = np.random.default_rng(0)
+    for _ in range(50):
+        original = labels(draws.integers(0, 2, 12), draws.integers(0, 4, 12))
+        current = labels(draws.integers(0, 2, 12), draws.integers(0, 4, 12))
+        gaps = [metrics.coupling_metrics(labels([c] * 12, [a] * 12), current, original)["gap"]
+                for c in (0, 1) for a in range(4)]
+        assert metrics.best_input_blind(current, original)["blind_gap"] == pytest.approx(max(0.0, *gaps))
+
+
+def test_a_run_with_self_equal_to_orig_is_not_coupled_however_well_it_tracks():
+    """Item 0 flips and its explanation follows it (tracking 1, as item 2 has no unflipped item of its
+    frozen label); item 2 flips and its explanation keeps the frozen label. Self = Orig: the rule asks
+    for Self > Orig."""
+    original = labels([0, 0, 1], [1, 1, 2])
+    current = labels([1, 0, 0], [3, 1, 0])
+    evaluation = metrics.coupling_metrics(labels([1, 0, 1], [3, 1, 2]), current, original)
+    assert evaluation["gap"] == 0 and evaluation["tracking"] == 1.0
+    assert not metrics.is_coupled(evaluation)
+    assert metrics.is_coupled(metrics.coupling_metrics(labels([1, 0, 0], [3, 1, 3]), current, original))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A run's file
+
+def setting_paths(config, path=()):
+    """(path, field) of every setting of a config, nested configs walked into."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        yield from setting_paths(value, path + (f.name,)) if is_dataclass(value) else [(path + (f.name,), f)]
+
+
+def setting(config, path):
+    return setting(getattr(config, path[0]), path[1:]) if len(path) > 1 else getattr(config, path[0])
+
+
+def with_setting(config, path, value):
+    if len(path) == 1:
+        return replace(config, **{path[0]: value})
+    return replace(config, **{path[0]: with_setting(getattr(config, path[0]), path[1:], value)})
+
+
+def other_values(f, value):
+    """Values other than `value` that a field allows, from its choices or range."""
+    if "choices" in f.metadata:
+        return [choice for choice in f.metadata["choices"] if choice != value]
+    low, high = f.metadata["range"]
+    near = (value + 1, value - 1) if isinstance(value, int) else (value / 2, value * 2, value + 0.1)
+    return [v for v in (*near, low, high) if low <= v <= high and v != value]
+
+
+def varied(base, path, f):
+    """The configs that differ from base in this one setting (values a run refuses are left out; so are
+    values it overrides, as a run sets M0's task and seed from its own)."""
+    configs = []
+    for other in other_values(f, setting(base, path)):
+        try:
+            config = with_setting(base, path, other)
+        except ev.UserError:
+            continue
+        if ev.science(config) != ev.science(base) or f.metadata.get("runtime"):
+            configs.append(config)
+    return configs
+
+
+# The runs each setting is varied from: the defaults, and a run with the held-out feature, whose settings
+# (explained_features, feature_items) a run without it refuses to change.
+BASES = (ev.RunConfig(), ev.RunConfig(shift="trigger", explained_features=2))
+
+
+def test_every_science_setting_names_its_own_result_file_and_runtime_settings_do_not():
+    """Two runs that differ in any science setting must never share a result file (a suite would load
+    the one as the other); device, threads and checkpoint interval change no number and share it."""
+    saved_as = lambda cfg: ex.result_path("runs", cfg, root="results")
+    untested = set()
+    for path, f in setting_paths(ev.RunConfig()):
+        tried = [(base, config) for base in BASES for config in varied(base, path, f)]
+        if not tried:
+            untested.add(path)
+        for base, config in tried:
+            if f.metadata.get("runtime"):
+                assert saved_as(config) == saved_as(base), path
+            else:
+                assert saved_as(config) != saved_as(base), path
+    assert untested == {("pretrain", "task"), ("pretrain", "seed"), ("pretrain", "feature_words")}
