@@ -19,7 +19,6 @@ import concurrent.futures
 import glob
 import multiprocessing
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, fields, replace
@@ -35,7 +34,7 @@ from metrics import is_kl
 from model import pick_device
 from figures import number
 from report import comparison, group, held_out_table, markdown_table, verdict_table, write_report, write_text
-from train import REPO, ExplainConfig, PretrainConfig, load_checkpoint, pretrain, write_json
+from train import REPO, ExplainConfig, PretrainConfig, atomic_write, load_checkpoint, pretrain, write_json
 
 MAIN_TASKS = ("hint", "judgement", "refusal")
 
@@ -366,7 +365,8 @@ def publish(experiments):
     for name in experiments:
         copy_to_reference(name)
     for bench in glob.glob(os.path.join(train.RUNS_DIR, "bench*.json")):
-        shutil.copy(bench, store(reference=True))
+        with open(bench, "rb") as f:
+            atomic_write(os.path.join(store(reference=True), os.path.basename(bench)), f.read())
     results = reference_main()
     about = os.path.join(store(reference=True), "main", "ABOUT.md")
     about = open(about).read().strip() + "\n\n" if os.path.exists(about) else ""

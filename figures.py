@@ -3,7 +3,9 @@
 A result is the dict eval.run_coupling returns (and saves); figures group results by task and by whether
 the KL term was on, and every one is written whole or not at all.
 """
+import io
 import math
+import os
 
 import numpy as np
 
@@ -21,8 +23,11 @@ def pyplot():
 
 
 def save_figure(fig, path):
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
+    """The figure drawn in memory, in the format its file name ends with, then written whole."""
+    image = io.BytesIO()
+    fig.savefig(image, format=os.path.splitext(path)[1][1:], dpi=110)
     pyplot().close(fig)
+    atomic_write(path, image.getvalue())
 
 
 def number(x, spec):

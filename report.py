@@ -22,10 +22,7 @@ from train import atomic_write
 # Shared pieces
 
 def write_text(text, path):
-    def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-    atomic_write(path, write)
+    atomic_write(path, text.encode())
 
 
 def markdown_table(header, rows):

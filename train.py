@@ -14,7 +14,9 @@ runs/checkpoints/ (m0_path), and resumes on another device or thread count.
 
 Pretrain M0 from the command line:  python train.py --task hint --seed 0
 """
+import errno
 import hashlib
+import io
 import json
 import math
 import os
@@ -51,19 +53,30 @@ def setup(seed, threads, device="auto"):
     return pick_device(device)
 
 
-def atomic_write(path, write):
-    """Create `path` by calling write(temporary path) in the same folder, then renaming: a killed process
-    never leaves half a file, and readers see the old file or the new one. The temporary name keeps the
-    extension last (matplotlib picks a figure's format from it)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    base, ext = os.path.splitext(path)
-    tmp = f"{base}.tmp{os.getpid()}{ext}"
+# Writes that fail for want of room or of a writable disk: the user's to fix (the fix, by errno), not a bug.
+WRITE_FIXES = {errno.ENOSPC: "free some space there", errno.EDQUOT: "free some of your quota there",
+               errno.EROFS: "make it writable"}
+
+
+def atomic_write(path, payload: bytes):
+    """Write `payload` to `path` through a temporary file in the same folder, then rename it: a killed
+    process never leaves half a file, and readers see the old file or the new one. On a full disk or
+    quota, or a read-only filesystem, the temporary file is removed and a UserError names the file, its
+    folder and the bytes it needed, so that a rerun, once there is room, resumes from what was saved."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = f"{path}.tmp{os.getpid()}"
     try:
-        write(tmp)
+        os.makedirs(folder, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(payload)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(err, OSError) and err.errno in WRITE_FIXES:
+            raise UserError(f"could not write {os.path.basename(path)} ({len(payload):,} bytes) in {folder}: "
+                            f"{err.strerror}; {WRITE_FIXES[err.errno]} and run the command again (it resumes "
+                            f"from the files already saved)") from None
         raise
 
 
@@ -78,7 +91,9 @@ def save_checkpoint(path, model, optimizer, config, step, **extra):
     ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
             "model_config": asdict(model.cfg), "config": config, "step": step,
             "tokenizer": tokenizer_fingerprint(), **extra}
-    atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
+    serialised = io.BytesIO()  # in memory first, so that a full disk fails in atomic_write, not inside torch
+    torch.save(ckpt, serialised)
+    atomic_write(path, serialised.getvalue())
 
 
 def load_checkpoint(path, device="cpu"):
@@ -127,10 +142,7 @@ def _nan_to_none(obj):
 
 
 def write_json(obj, path):
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(_nan_to_none(obj), f, indent=1, allow_nan=False)
-    atomic_write(path, write)
+    atomic_write(path, json.dumps(_nan_to_none(obj), indent=1, allow_nan=False).encode())
 
 
 # ---------------------------------------------------------------------------------------------------------
