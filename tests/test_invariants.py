@@ -22,7 +22,7 @@ import train
 from data import encode, get_task, rng, token_id
 from explain import (Labels, add_label_noise, behaviour, explanation_data, explanation_query, explanation_text,
                      labels_from_behaviour, mix_labels, pair_cases)
-from test_eval import tiny_config
+from test_eval import scored, tiny_config
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -238,7 +238,7 @@ def test_the_input_blind_gap_is_the_best_gap_of_every_constant_explanation():
     for _ in range(50):
         original = labels(draws.integers(0, 2, 12), draws.integers(0, 4, 12))
         current = labels(draws.integers(0, 2, 12), draws.integers(0, 4, 12))
-        gaps = [metrics.coupling_metrics(labels([c] * 12, [a] * 12), current, original)["gap"]
+        gaps = [scored(labels([c] * 12, [a] * 12), current, original)["gap"]
                 for c in (0, 1) for a in range(4)]
         assert metrics.best_input_blind(current, original)["blind_gap"] == pytest.approx(max(0.0, *gaps))
 
@@ -249,10 +249,10 @@ def test_a_run_with_self_equal_to_orig_is_not_coupled_however_well_it_tracks():
     for Self > Orig."""
     original = labels([0, 0, 1], [1, 1, 2])
     current = labels([1, 0, 0], [3, 1, 0])
-    evaluation = metrics.coupling_metrics(labels([1, 0, 1], [3, 1, 2]), current, original)
-    assert evaluation["gap"] == 0 and evaluation["tracking"] == 1.0
+    evaluation = scored(labels([1, 0, 1], [3, 1, 2]), current, original)
+    assert evaluation["gap"] == 0 and evaluation["tracking"] == evaluation["verdict_tracking"] == 1.0
     assert not metrics.is_coupled(evaluation)
-    assert metrics.is_coupled(metrics.coupling_metrics(labels([1, 0, 0], [3, 1, 3]), current, original))
+    assert metrics.is_coupled(scored(labels([1, 0, 0], [3, 1, 3]), current, original))
 
 
 # ---------------------------------------------------------------------------------------------------------
