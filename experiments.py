@@ -77,28 +77,35 @@ def current_main_runs(results):
 # ---------------------------------------------------------------------------------------------------------
 # Suites: the main result and the sweeps
 
+DRAWS = ("main", "main_threads2")  # the main result's draws the reference publishes
 QUICK_SEEDS = (0,)  # make quick: hint with and without KL at this seed (tests/test_end_to_end.py runs it)
 
 
-def main_configs(tasks=MAIN_TASKS, seeds=(0, 1, 2), device="auto"):
+def main_configs(tasks=MAIN_TASKS, seeds=(0, 1, 2), device="auto", threads=1):
     """Per seed and task, one run with the KL term and the same run without it (the control)."""
     configs = []
     for seed in seeds:  # seed-major, so an interrupted suite already covers every task
         for task in tasks:
             for kl_weight in (ExplainConfig.kl_weight, 0.0):
-                configs.append(RunConfig(task=task, seed=seed, pretrain=PretrainConfig(device=device),
+                configs.append(RunConfig(task=task, seed=seed, pretrain=PretrainConfig(device=device, threads=threads),
                                          explain=ExplainConfig(kl_weight=kl_weight)))
     return configs
+
+
+def draw(experiment, threads):
+    """Where a suite's results go: the same seeds with another thread count round differently, a new draw
+    of the same runs, kept apart ("main" with one thread, "main_threads2" with two)."""
+    return experiment if threads == 1 else f"{experiment}_threads{threads}"
 
 
 DIRECTIONS = {"hint": ("acquire", "both"), "refusal": ("acquire", "both")}  # beside the main suite's reduce
 
 
-def directions_configs(seeds=(0, 1, 2), device="auto"):
+def directions_configs(seeds=(0, 1, 2), device="auto", threads=1):
     """The other shift directions of hint and refusal (a known answer forgotten, a new over-refusal, and
     both at once), each with and without KL, as the main suite runs its default direction; every run
     with KL first, so an interrupted suite has the explainers before the controls."""
-    configs = [replace(cfg, shift=shift) for cfg in main_configs(tuple(DIRECTIONS), seeds, device)
+    configs = [replace(cfg, shift=shift) for cfg in main_configs(tuple(DIRECTIONS), seeds, device, threads)
                for shift in DIRECTIONS[cfg.task]]
     return sorted(configs, key=lambda cfg: cfg.explain.kl_weight == 0)  # stable: seed order kept
 
@@ -259,7 +266,8 @@ def run_suites(suites, jobs=1):
     for runs, (experiment, _, analyse) in zip(asked, suites):
         for cfg, path in runs:
             saved = saved_result(cfg, path)
-            if saved is None and (saved := saved_result(cfg, result_path("main", cfg))) is not None:
+            main_run = result_path(draw("main", cfg.pretrain.threads), cfg)
+            if saved is None and (saved := saved_result(cfg, main_run)) is not None:
                 write_json(saved, path)
             if saved is not None and (not analyse or not is_kl(saved["config"]) or "probes" in saved):
                 results[path] = saved
@@ -449,7 +457,10 @@ def build_parser():
     for p in (quick, reproduce, directions, sweep, everything):
         p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
         p.add_argument("--jobs", type=int, default=0, help="runs in parallel, 1 to 256 (default: one per CPU "
-                       "core; on CUDA up to 4)")
+                       "core, or per `threads` cores; on CUDA up to 4)")
+    for p in (quick, reproduce, directions):
+        p.add_argument("--threads", type=int, default=1, help="CPU threads per run, 1 to 256: another count "
+                       "rounds differently, a new draw of the same runs, saved apart (main_threads2, ...)")
     sub.add_parser("report", help="your report again, from your saved results, beside the reference")
     look = sub.add_parser("show", help="a saved run's explanations on flipped and unflipped held-out items "
                           "(the same flags as eval.py run pick the run)")
@@ -471,22 +482,24 @@ def main(argv=None):
 
 def run(args, command):
     """What a command asks for, all of it checked before the first run starts."""
-    device = getattr(args, "device", "auto")
-    jobs = check_positive("jobs", args.jobs or default_jobs(device), high=256) if hasattr(args, "jobs") else 1
+    device, threads = getattr(args, "device", "auto"), check_positive("threads", getattr(args, "threads", 1), high=256)
+    jobs = check_positive("jobs", args.jobs or max(1, default_jobs(device) // threads), high=256) \
+        if hasattr(args, "jobs") else 1
     if args.command == "show":
         return show(config_from_args(args), check_positive("n", args.n, high=1000))
     if args.command == "publish":
         names = parse_list(args.experiments, "experiments", str) if args.experiments else []
         for name in names:
-            check_choice("--experiments", name, ("main", "directions", *SWEEPS))
+            check_choice("--experiments", name, (*DRAWS, "directions", *SWEEPS))
         return publish(names)
     if args.command in ("quick", "reproduce"):
         seeds = QUICK_SEEDS if args.command == "quick" else \
             parse_list(args.seeds, "seeds", int) if args.seeds else default_seeds(device)
-        suite = [("main", main_configs(("hint",) if args.command == "quick" else MAIN_TASKS, seeds, device), True)]
+        tasks = ("hint",) if args.command == "quick" else MAIN_TASKS
+        suite = [(draw("main", threads), main_configs(tasks, seeds, device, threads), True)]
     elif args.command == "directions":
         seeds = parse_list(args.seeds, "seeds", int) if args.seeds else default_seeds(device)
-        suite = [("directions", directions_configs(seeds, device), False)]
+        suite = [(draw("directions", threads), directions_configs(seeds, device, threads), False)]
     elif args.command == "sweep":
         tasks = parse_list(args.tasks, "tasks", str) if args.tasks else None
         seeds = parse_list(args.seeds, "seeds", int)

@@ -287,9 +287,11 @@ def pretrain_loss(model, task, world, cfg: PretrainConfig, step):
 
 def m0_path(cfg: PretrainConfig, runs_dir=None):
     """Where M0 of these settings is saved: one checkpoint per variant (named by a digest of its science
-    settings, config.as_before), so a variant and the default model of the same seed never overwrite each other."""
+    settings, config.as_before), so a variant and the default model of the same seed never overwrite each
+    other; and one per thread count, as another count rounds differently (a new draw, experiments.draw)."""
     digest = hashlib.sha1(json.dumps(as_before(cfg), sort_keys=True).encode()).hexdigest()[:8]
-    return os.path.join(runs_dir or RUNS_DIR, "checkpoints", cfg.task, f"seed{cfg.seed}", f"m0_{digest}.pt")
+    threads = "" if cfg.threads == 1 else f"_threads{cfg.threads}"
+    return os.path.join(runs_dir or RUNS_DIR, "checkpoints", cfg.task, f"seed{cfg.seed}", f"m0_{digest}{threads}.pt")
 
 
 def pretrain(cfg: PretrainConfig, path, log=print):

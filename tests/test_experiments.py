@@ -25,10 +25,11 @@ def mine(tmp_path, monkeypatch):
     return tmp_path / "runs"
 
 
-def tiny_main_configs(tasks=ex.MAIN_TASKS, seeds=(0, 1, 2), device="auto"):
+def tiny_main_configs(tasks=ex.MAIN_TASKS, seeds=(0, 1, 2), device="auto", threads=1):
     """The main suite's shape (a KL and a no-KL run per task and seed) at a size that trains in seconds."""
     configs = [tiny_config(seed, task) for seed in seeds for task in tasks]
-    return [replace(c, pretrain=replace(c.pretrain, device=device), explain=replace(c.explain, kl_weight=kl))
+    return [replace(c, pretrain=replace(c.pretrain, device=device, threads=threads),
+                    explain=replace(c.explain, kl_weight=kl))
             for c in configs for kl in (3.0, 0.0)]
 
 
@@ -186,7 +187,9 @@ def test_the_comparison_puts_your_numbers_beside_the_reference_and_applies_the_b
                                       "low-high, low <= high)"),
     (["sweep", "label_noise", "--tasks", "maths"], "error: task='maths' is unknown; allowed: hint, judgement, refusal, twohop"),
     (["sweep", "label_noise", "--jobs", "-2"], "error: jobs=-2 must be an integer in [1, 256]"),
-    (["publish", "--experiments", "nosuch"], "error: --experiments='nosuch' is unknown; allowed: main, directions, other_model, "
+    (["reproduce", "--threads", "0"], "error: threads=0 must be an integer in [1, 256]"),
+    (["publish", "--experiments", "nosuch"], "error: --experiments='nosuch' is unknown; allowed: main, main_threads2, "
+                                             "directions, other_model, "
                                              "label_noise, learning_rate, agreement, trigger, held_out_feature, feature_items, "
                                              "capacity, shift_location"),
     (["sweep", "trigger,nosuch"], "error: sweep='nosuch' is unknown; allowed: other_model, label_noise"),
@@ -299,3 +302,14 @@ def test_the_directions_suite_runs_the_other_shifts_of_hint_and_refusal_with_and
     assert sorted((c.task, c.shift, c.explain.kl_weight > 0) for c in configs) == \
         sorted((t, s, kl) for t in ("hint", "refusal") for s in ("acquire", "both") for kl in (True, False))
     assert len({c.name for c in configs if c.task == "hint"}) == 4  # each its own result file
+
+
+def test_another_thread_count_is_a_new_draw_saved_apart_with_its_own_m0(mine, monkeypatch):
+    monkeypatch.setattr(ex, "main_configs", tiny_main_configs)
+    monkeypatch.setattr(ex, "report_yours", lambda mine, command: None)
+    ex.main(["quick", "--jobs", "1"])
+    ex.main(["quick", "--jobs", "1", "--threads", "2"])
+    one, two = (ex.load_results(str(mine / "results" / folder)) for folder in ("main", "main_threads2"))
+    assert [r["provenance"]["threads"] for r in one + two] == [1, 1, 2, 2]
+    m0s = sorted(path.name for path in (mine / "checkpoints").rglob("m0_*.pt"))
+    assert len(m0s) == 2 and m0s[1] == m0s[0].replace(".pt", "_threads2.pt")
