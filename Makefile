@@ -6,6 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEVICE ?= auto
 SEEDS ?=
+THREADS ?= 1
 TASK ?= hint
 SEED ?= 0
 EXPERIMENTS ?=
@@ -22,13 +23,13 @@ test: $(VENV)/installed
 	$(PY) -m pytest -q tests
 
 quick: $(VENV)/installed
-	$(PY) experiments.py quick --device $(DEVICE)
+	$(PY) experiments.py quick --device $(DEVICE) --threads $(THREADS)
 
 reproduce: $(VENV)/installed
-	$(PY) experiments.py reproduce --device $(DEVICE) --seeds "$(SEEDS)"
+	$(PY) experiments.py reproduce --device $(DEVICE) --seeds "$(SEEDS)" --threads $(THREADS)
 
 directions: $(VENV)/installed
-	$(PY) experiments.py directions --device $(DEVICE) --seeds "$(SEEDS)"
+	$(PY) experiments.py directions --device $(DEVICE) --seeds "$(SEEDS)" --threads $(THREADS)
 
 reproduce-all: $(VENV)/installed
 	$(PY) experiments.py reproduce-all --device $(DEVICE)

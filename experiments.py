@@ -378,11 +378,14 @@ def publish(experiments):
     results = reference_main()
     about = os.path.join(store(reference=True), "main", "ABOUT.md")
     about = open(about).read().strip() + "\n\n" if os.path.exists(about) else ""
+    second_draw = current_main_runs(load_results(os.path.join(store(reference=True), DRAWS[1])))
     write_report(results, os.path.join(REPO, "REPORT.md"), os.path.join(REPO, "figures"),
                  sweeps=saved_sweeps(store(reference=True)), about=about, command="make publish",
-                 directions=load_results(os.path.join(store(reference=True), "directions")))
+                 directions=load_results(os.path.join(store(reference=True), "directions")), second_draw=second_draw)
     held_out = load_results(os.path.join(store(reference=True), "held_out_feature"))
-    fill_readme({"main table": verdict_table(group(results)), "ranges": ranges_table(),
+    main_table = verdict_table(group(results)) + (f"\n\nA second draw, two threads per run:\n\n"
+                                                  f"{verdict_table(group(second_draw))}" if second_draw else "")
+    fill_readme({"main table": main_table, "ranges": ranges_table(),
                  "new behaviour": held_out_table(SWEEPS["held_out_feature"], held_out) if held_out else "not yet published"})
     print("rebuilt REPORT.md, figures/ and the README's main table and ranges from results/ and the code")
 
