@@ -297,18 +297,22 @@ class Validation:
 
 
 class Evaluator:
-    """Called by stage B at every evaluation: E(M_t) from the current behaviour on the held-out pairs,
-    the generated explanations scored against it (Self) and against E(M0) (Orig), the task accuracy
-    against the world the last step trained towards, how far the shift is learnt, and the losses.
-    checks: more items asked through `probed` (the explained words on held-out units, explained_check),
-    scored apart as explained_self, explained_orig and explained_malformed; validation: a Validation,
-    whose accuracy is recorded as "validation"."""
+    """Called by stage B at every evaluation: E(M_t) from the current behaviour on the held-out pairs
+    (held_out), the generated explanations scored against it (Self) and against E(M0) (Orig), the task
+    accuracy against the world the last step trained towards, how far the shift is learnt, and the
+    losses. With explained_features > 1 the explained words are asked about on held-out units too
+    (explained_check), scored apart as explained_*; with validation, the explainer is validated on frozen
+    labels (Validation, recorded as "validation"). phases, shifted: shift_schedule's; other: the other
+    model family, whose labels the explanations are also scored against."""
 
-    def __init__(self, cfg, probed, items, m0, phases, shifted, split, other=None, log=print, checks=(),
-                 validation=None):
-        self.cfg, self.probed, self.items, self.phases, self.log = cfg, probed, items, phases, log
-        self.checks, self.validation = checks, validation
-        self.checks_original = current_labels(m0, probed, checks)[0] if checks else None
+    def __init__(self, cfg, split, m0, phases, shifted, other=None, log=print):
+        task = get_task(cfg.task)
+        self.cfg, self.phases, self.log = cfg, phases, log
+        self.probed, self.items = held_out(cfg, task, split)
+        probed, items = self.probed, self.items
+        self.checks = explained_check(cfg, probed, split)
+        self.validation = Validation(task, split.validation_items, m0) if cfg.validation else None
+        self.checks_original = current_labels(m0, probed, self.checks)[0] if self.checks else None
         units = set(shifted.tolist())  # the trigger shifts no unit's world: its flips have no unit cause
         self.shifted = np.array([bool(units & set(probed.units_of(i))) for i in items]) if units else None
         self.original, self.m0_logp = current_labels(m0, probed, items)
@@ -341,10 +345,11 @@ class Evaluator:
                            explained_malformed=mean_or_nan(said.changed < 0))
         self.curve.append(metrics)
         self.log(f"  {self.cfg.task} {self.cfg.name} step {step:4d}: Self {metrics['self']:.3f} Orig "
-                 f"{metrics['orig']:.3f} gap {metrics['gap']:+.3f} (input-blind {metrics['blind_gap']:+.3f}) flipped "
-                 f"{metrics['n_flipped']:3d} (Self@flipped {metrics['self_flipped']:.2f}) tracking "
-                 f"{metrics['tracking']:+.2f} (verdict {metrics['verdict_tracking']:+.2f}) malformed {metrics['malformed']:.2f} | losses: explanation "
-                 f"{losses['explain_loss']:.3f} shift {losses['shift_loss']:.3f} KL {losses['kl_loss']:.4f}"
+                 f"{metrics['orig']:.3f} gap {metrics['gap']:+.3f} (input-blind {metrics['blind_gap']:+.3f}, "
+                 f"C-blind {metrics['c_blind_gap']:+.3f}) flipped {metrics['n_flipped']:3d} tracking "
+                 f"{metrics['tracking']:+.2f} (verdict {metrics['verdict_tracking']:+.2f}) malformed "
+                 f"{metrics['malformed']:.2f} | losses: explanation {losses['explain_loss']:.3f} shift "
+                 f"{losses['shift_loss']:.3f} KL {losses['kl_loss']:.4f}"
                  + (f" | explained words: Self {metrics['explained_self']:.3f}" if self.checks else "")
                  + (f" | validation {metrics['validation']:.3f}" if self.validation else ""))
 
@@ -367,9 +372,7 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=None, log=print):
     m0, m0_report = pretrain(cfg.pretrain, m0_path(cfg.pretrain, runs_dir), log=log)
     # Stage A: B(M0) on the explanation items gives the frozen labels E(M0), never refreshed.
     train_labels, other, label_counts = frozen_labels(cfg, labelled, explain_items, m0, runs_dir, log)
-    checks = explained_check(cfg, probed, split)
-    validation = Validation(task, split.validation_items, m0) if cfg.validation else None
-    evaluate = Evaluator(cfg, probed, eval_items, m0, phases, shifted, split, other, log, checks, validation)
+    evaluate = Evaluator(cfg, split, m0, phases, shifted, other, log)
     # Stage B: learn to explain on the frozen labels, KL to M0 on task prompts, the shift alongside;
     # Self and Orig are measured every eval_every steps.
     model = explainer_from(m0, cfg.explain.lora_rank)
@@ -378,13 +381,14 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=None, log=print):
     kl_data = kl_prompts(cfg, labelled, explain_items, m0, shifted)
     train_explainer(model, cfg.explain, cfg.seed, explain_data, shift_data, kl_data, task.answer_ids, evaluate)
     # The evaluation reported: the last, or with validation the earliest best on the frozen labels.
-    reported = validation.best_index if validation else len(evaluate.curve) - 1
-    if validation:
-        model.load_state_dict(validation.best_state)
+    reported = evaluate.validation.best_index if evaluate.validation else len(evaluate.curve) - 1
+    if evaluate.validation:
+        model.load_state_dict(evaluate.validation.best_state)
     result = {"config": asdict(cfg), "provenance": provenance(), "m0": m0_report,
               "n_trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
               "data": {"n_explain_items": len(explain_data), "n_eval_items": len(eval_items),
-                       "n_check_items": len(checks), "n_shifted_units": len(shifted), "n_shift_cases": len(phases[-1].cases) if phases else 0,
+                       "n_check_items": len(evaluate.checks), "n_shifted_units": len(shifted),
+                       "n_shift_cases": len(phases[-1].cases) if phases else 0,
                        "shift_phase_starts": [p.start for p in phases], "n_kl_prompts": len(kl_data),
                        "train_changed_fraction": float(train_labels.changed.mean()), **label_counts},
               "baseline": evaluate.curve[0], "final": evaluate.curve[reported], "curve": evaluate.curve,

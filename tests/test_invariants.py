@@ -198,7 +198,7 @@ def test_each_evaluation_scores_against_the_world_the_last_trained_step_used(sch
     phases, shifted = ev.shift_schedule(cfg, task, task, split)
     cases = [case for phase in phases for case in phase.cases]
     m0 = WorldModel(task, split.world, split.eval_items, cases)
-    evaluate = ev.Evaluator(cfg, task, split.eval_items, m0, phases, shifted, split, log=lambda *a: None)
+    evaluate = ev.Evaluator(cfg, split, m0, phases, shifted, log=lambda *a: None)
     model = WorldModel(task, split.world, split.eval_items, cases)
     losses = dict.fromkeys(("explain_loss", "shift_loss", "kl_loss"), float("nan"))
     frozen = m0.labels(split.eval_items)
