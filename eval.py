@@ -64,7 +64,7 @@ class RunConfig:
     back_at: int = option(150, "oscillating schedule: step from which the shift is trained back", 1, 100_000)
     label_noise: float = option(0.0, "fraction of explanation labels whose verdict is flipped", 0.0, 1.0)
     other_labels: float = option(0.0, "fraction of explanation labels taken from another model family", 0.0, 1.0)
-    n_explain: int = option(300, "explanation-training items (from one half of the units; at most what can be "
+    n_explain: int = option(900, "explanation-training items (from one half of the units; at most what can be "
                             "drawn)", 1, 20_000)
     n_eval: int = option(900, "held-out evaluation items (from the other half; at most what can be drawn)",
                          1, 20_000)

@@ -176,7 +176,7 @@ SWEEPS = {
     "feature_items": Sweep("feature_items", (30, 100, 300, 1000), "explanation items per explained word",
                            "The held-out feature (sweep held_out_feature) with 4 explained features, the task's C "
                            "and 3 nonsense words: does the explanation of the held-out word depend on how many "
-                           "labelled items each explained word gets? The task's C keeps its 300. "
+                           "labelled items each explained word gets? The task's C keeps its n_explain. "
                            + HELD_OUT_COLUMNS, "explanations of the new behaviour were 79.8% accurate",
                            extra=HELD_OUT_EXTRA, fixed=(("shift", "trigger"), ("explained_features", 4)),
                            panel=HELD_OUT_PANEL),

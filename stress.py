@@ -69,7 +69,7 @@ PROBE_SEEDS = (0, 1, 2, 3, 4)
 
 def point_config(task, size, noise, schedule, seed, device="auto"):
     """One run of a map. Only the oscillating shift is evaluated every 50 steps (its curve is drawn);
-    the others at steps 0, 150 and 300, which changes no number of theirs."""
+    the others every 150 steps, which changes no number of theirs."""
     explain = ExplainConfig() if schedule == "oscillating" else ExplainConfig(eval_every=150)
     return RunConfig(task=task, seed=seed, shift_size=size, label_noise=noise, schedule=schedule,
                      pretrain=PretrainConfig(device=device), explain=explain)

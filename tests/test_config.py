@@ -62,7 +62,8 @@ def test_science_settings_leave_out_the_runtime_ones_even_nested():
     assert config.science(PretrainConfig(threads=4, device="cpu")) == config.science(PretrainConfig())
 
 
-def test_each_variant_of_m0_has_its_own_checkpoint_and_runtime_settings_share_one(tmp_path, monkeypatch):
+def test_each_variant_of_m0_and_each_draw_has_its_own_checkpoint_and_other_runtime_settings_share_one(
+        tmp_path, monkeypatch):
     assert train.RUNS_DIR == os.path.join(os.path.dirname(os.path.abspath(train.__file__)), "runs")
     monkeypatch.setattr(train, "RUNS_DIR", str(tmp_path))
     default = train.m0_path(PretrainConfig())
@@ -71,7 +72,8 @@ def test_each_variant_of_m0_has_its_own_checkpoint_and_runtime_settings_share_on
     variants = [PretrainConfig(steps=300), PretrainConfig(n_layer=3), PretrainConfig(world_variation=0.2),
                 PretrainConfig(feature_words=3)]
     assert len({default, *(train.m0_path(v) for v in variants)}) == 5
-    assert train.m0_path(PretrainConfig(threads=2, device="cpu", checkpoint_every=50)) == default
+    assert train.m0_path(PretrainConfig(device="cpu", checkpoint_every=50)) == default
+    assert train.m0_path(PretrainConfig(threads=2)) == default.replace(".pt", "_threads2.pt")  # another draw
     assert train.m0_path(PretrainConfig(), runs_dir="elsewhere").startswith(os.path.join("elsewhere", "checkpoints"))
 
 

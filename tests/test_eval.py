@@ -252,8 +252,8 @@ def test_shift_schedules():
 
 
 @pytest.mark.parametrize("kw, message", [({"schedule": "wobbly"}, "schedule='wobbly' is unknown"),
-                                         ({"shift_at": 300}, r"shift_at=300 must lie in \[0, 299\]"),
-                                         ({"schedule": "gradual", "shift_at": 250, "ramp_steps": 100},
+                                         ({"shift_at": 450}, r"shift_at=450 must lie in \[0, 449\]"),
+                                         ({"schedule": "gradual", "shift_at": 400, "ramp_steps": 100},
                                           r"ramp_steps=100 must lie in \[1, 50\]"),
                                          ({"schedule": "oscillating", "back_at": 0}, "back_at=0 must be an integer in"),
                                          ({"shift": "trigger", "schedule": "gradual"}, "not available with shift=trigger"),
