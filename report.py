@@ -15,7 +15,8 @@ from figures import (by_value, number, plot_curves, plot_flipped_runs, plot_gaps
                      value_label)
 from model import machine
 from patching import mean_profiles
-from train import atomic_write
+from eval import RunConfig
+from train import ExplainConfig, atomic_write
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -285,10 +286,17 @@ Command: `python experiments.py sweep {name}`. The paper: {sweep.paper}.{rule_no
 
 
 def rule_note(results):
-    """A sentence naming the older measure some results are judged by ("" when all have the newest)."""
+    """Sentences naming what some results were made or judged with before the current code: the older
+    measure they are judged by, the earlier recipe they were made with ("" when none)."""
     older = sorted({rule_measure(r["final"]) for r in results} - {"verdict_tracking"})
-    return (f" Some of these results were saved before verdict tracking was measured: they are judged by "
-            f"{' or '.join(older)} in its place, which an explainer blind to C can pass.") if older else ""
+    recipe = (RunConfig.n_explain, ExplainConfig.steps)
+    earlier = sorted({(r["config"]["n_explain"], r["config"]["explain"]["steps"]) for r in results} - {recipe})
+    made = [r for r in results if (r["config"]["n_explain"], r["config"]["explain"]["steps"]) != recipe]
+    return ((f" Some of these results were saved before verdict tracking was measured: they are judged by "
+             f"{' or '.join(older)} in its place, which an explainer blind to C can pass." if older else "") +
+            (f" {len(made)} of these {len(results)} results were made with an earlier recipe ("
+             f"{', '.join(f'{n} explanation items and {steps} steps' for n, steps in earlier)}; now {recipe[0]} "
+             f"and {recipe[1]})." if made else ""))
 
 
 RULE_TEXT = ("A run is coupled when Self > Orig and verdict tracking > 0.5; the bar (per task, runs with KL): "
@@ -404,7 +412,7 @@ either followed the shift at an earlier evaluation and lost it, or never general
 The main result's shift reduces a behaviour (hint, refusal: `reduce`) or flips deeds (judgement: `flip`);
 `python experiments.py directions` runs the others on hint and refusal: `acquire` (a known answer is
 forgotten; a new over-refusal) and `both`. {MEASURES_TEXT} Tracking on drift items: on items flipped
-though the shift never trained their units (no data taught the new behaviour). {RULE_TEXT}
+though the shift never trained their units (no data taught the new behaviour). {RULE_TEXT}{rule_note(directions)}
 
 {directions_table([*results, *directions])}
 

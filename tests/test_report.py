@@ -4,6 +4,8 @@ import pytest
 import metrics
 import figures
 import report
+import eval as ev
+import train
 from test_eval import tiny_run
 
 
@@ -148,3 +150,14 @@ def test_the_new_behaviour_table_reads_the_held_out_word_and_the_untrained_model
     assert [row.split(" | ")[1] for row in rows] == ["1", "8"]  # the sweep's own order
     assert rows[1].split(" | ")[2:4] == ["2", "0.50 ± 0.00"] and "**0.50 ± 1.27**" in rows[1]
     assert rows[1].endswith("| 0.90 ± 0.00 | 0.00 ± 0.00 |")  # the labelled words, then the untrained model
+
+
+def test_results_of_an_earlier_recipe_or_judged_by_an_older_measure_are_named_as_such():
+    def result(n_explain, steps, **final):
+        return {"config": {"n_explain": n_explain, "explain": {"steps": steps}}, "final": {"verdict_tracking": 0.9, **final}}
+    now = (ev.RunConfig.n_explain, train.ExplainConfig.steps)
+    assert report.rule_note([result(*now)]) == ""
+    note = report.rule_note([result(*now), result(300, 300), result(300, 300, tracking=0.7)])
+    assert "2 of these 3 results were made with an earlier recipe (300 explanation items and 300 steps" in note
+    older = report.rule_note([{"config": result(*now)["config"], "final": {"tracking": 0.7}}])
+    assert "judged by tracking in its place" in older and "earlier recipe" not in older
