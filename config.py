@@ -168,12 +168,12 @@ def from_dict(cls, saved):
                   for f in fields(cls) if f.name in full})
 
 
-def changed(values, defaults):
+def differences(values, defaults):
     """The entries of a (nested) dict that differ from defaults: what names a variant."""
     out = {}
     for key, value in values.items():
         if isinstance(value, dict):
-            if nested := changed(value, defaults.get(key, {})):
+            if nested := differences(value, defaults.get(key, {})):
                 out[key] = nested
         elif value != defaults.get(key):
             out[key] = value

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import numpy as np
 
 from config import (SEED_MAX, Parser, UserError, add_config_flags, check_ranges, check_writable, config_from_flags, option, run_command,
-                    changed, from_dict, science)
+                    differences, from_dict, science)
 from data import MAX_EXPLAINED_WORDS, N_UNITS, TASKS, TriggerTask, get_task, rng
 from explain import (add_label_noise, answers_with_c, behaviour, current_labels, explain, explanation_data,
                      labels_from_behaviour, mean_or_nan, mix_labels, pair_cases)
@@ -128,7 +128,7 @@ class RunConfig:
         """seed0_kl_1a2b3c4d: the seed, whether KL is on, and a hash of the settings that differ from the
         defaults (science settings only), so runs of one seed with other settings never share a file."""
         defaults = science(RunConfig(task=self.task, seed=self.seed))
-        digest = hashlib.sha1(json.dumps(changed(science(self), defaults), sort_keys=True).encode())
+        digest = hashlib.sha1(json.dumps(differences(science(self), defaults), sort_keys=True).encode())
         return f"seed{self.seed}_{'kl' if self.explain.kl_weight > 0 else 'nokl'}_{digest.hexdigest()[:8]}"
 
 
@@ -251,18 +251,18 @@ def shift_schedule(cfg: RunConfig, task, probed, split):
         return [ShiftPhase(cfg.shift_at, split.world, cases)], none
     world, shifted = task.shift(split.world, rng(cfg.seed, "shift_units"), split.heldout_units, cfg.shift_size,
                                 cfg.shift)
-    changed = lambda new_world: task.changed_cases(rng(cfg.seed, "shift_cases"), split.world, new_world)
+    cases_to = lambda new_world: task.changed_cases(rng(cfg.seed, "shift_cases"), split.world, new_world)
     if cfg.schedule == "sharp":
-        return [ShiftPhase(cfg.shift_at, world, changed(world))], shifted
+        return [ShiftPhase(cfg.shift_at, world, cases_to(world))], shifted
     if cfg.schedule == "oscillating":  # the same cases, trained back to their old answers from back_at on
-        cases = changed(world)
+        cases = cases_to(world)
         return [ShiftPhase(cfg.shift_at, world, cases), ShiftPhase(cfg.back_at, split.world, cases)], shifted
     order, phases = rng(cfg.seed, "gradual_order").permutation(shifted), []
     for group, n_active in enumerate(np.linspace(0, len(order), 11)[1:].round().astype(int)):
         partial = {key: facts.copy() for key, facts in split.world.items()}  # facts are indexed by unit
         for key, facts in partial.items():
             facts[order[:n_active]] = world[key][order[:n_active]]
-        phases.append(ShiftPhase(cfg.shift_at + round(group * cfg.ramp_steps / 10), partial, changed(partial)))
+        phases.append(ShiftPhase(cfg.shift_at + round(group * cfg.ramp_steps / 10), partial, cases_to(partial)))
     return phases, shifted
 
 

@@ -162,13 +162,9 @@ class GPT(nn.Module):
                 x = block(x, rotary)
             return self.ln_f(self.blocks[-1](x, rotary, at)).float()
 
-    def forward(self, idx, targets=None):
-        """Logits [B, T, vocab]; with targets (-1 = ignore) also the mean cross-entropy."""
-        logits = self.head(self.hidden(idx))
-        if targets is None:
-            return logits
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
-        return logits, loss
+    def forward(self, idx):
+        """Logits [B, T, vocab] at every position."""
+        return self.head(self.hidden(idx))
 
     def answer_logprobs_from_hidden(self, h, answer_ids):
         """Log-probabilities over a fixed answer set, renormalised over those tokens, from hidden

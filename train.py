@@ -80,14 +80,7 @@ def atomic_write(path, payload: bytes):
         raise
 
 
-def unwrap(model):
-    """The plain module under a torch.compile wrapper: checkpoints hold the same keys either way, and
-    load into a compiled or a plain model alike."""
-    return getattr(model, "_orig_mod", model)
-
-
 def save_checkpoint(path, model, optimizer, config, step, **extra):
-    model = unwrap(model)
     ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
             "model_config": asdict(model.cfg), "config": config, "step": step,
             "tokenizer": tokenizer_fingerprint(), **extra}
@@ -316,7 +309,7 @@ def pretrain(cfg: PretrainConfig, path, log=print):
         if differ:
             raise UserError(f"checkpoint {path} was made with another config ({', '.join(differ)}); delete "
                              f"it or choose another output path")
-        unwrap(model).load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start, elapsed = ckpt["step"], ckpt.get("seconds", 0.0)
         if start >= cfg.steps:
@@ -386,7 +379,7 @@ def explainer_from(m0, lora_rank=0):
     update). The tied token embedding stays trainable: M0 never saw the explanation words, so their
     embeddings are untrained, as new tokens would be."""
     model = GPT(replace(m0.cfg, lora_rank=lora_rank)).to(m0.device)
-    missing, unexpected = model.load_state_dict(unwrap(m0).state_dict(), strict=False)
+    missing, unexpected = model.load_state_dict(m0.state_dict(), strict=False)
     assert not unexpected and all("lora_" in key for key in missing), (missing, unexpected)
     for name, p in model.named_parameters():
         p.requires_grad = not lora_rank or "lora_" in name or name == "tok_emb.weight"
@@ -455,12 +448,12 @@ def train_explainer(model, cfg: ExplainConfig, seed, explain_data, shift_phases,
             break
         model.train()
         draws = rng(seed, "explain_batches", step)
-        explain = [explain_data[i] for i in draws.integers(len(explain_data), size=cfg.explain_batch)]
+        explanations = [explain_data[i] for i in draws.integers(len(explain_data), size=cfg.explain_batch)]
         phase = active_phase([start for start, _ in shift_phases], step)
         shift_data = shift_phases[phase][1] if phase is not None else []
         shift = [shift_data[i] for i in draws.integers(len(shift_data), size=cfg.shift_batch)] if shift_data else []
         kl = [kl_data[i] for i in draws.integers(len(kl_data), size=cfg.kl_batch)] if use_kl else []
-        explain_loss = explanation_loss(model, explain)
+        explain_loss = explanation_loss(model, explanations)
         parts["explain_loss"].append(explain_loss.detach())
         loss = explain_loss if cfg.explain_in == "all" else 0.0  # else it takes its own backward pass
         if shift or kl:  # task prompts: one padded pass for the shift and KL parts together

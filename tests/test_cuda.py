@@ -40,15 +40,10 @@ def test_a_short_run_on_cuda_writes_a_valid_results_file(tmp_path):
         assert 0 <= point["self"] <= 1 and 0 <= point["orig"] <= 1
 
 
-def test_a_compiled_model_trains_on_cuda_and_its_checkpoint_loads_into_a_plain_one(tmp_path):
+def test_a_checkpoint_saved_on_cuda_loads_on_the_cpu_with_the_same_weights(tmp_path):
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=50, n_layer=1, n_head=2, n_embd=16)
-    compiled = torch.compile(GPT(cfg).cuda())
-    idx = torch.randint(0, 50, (4, 12), device="cuda")
-    _, loss = compiled(idx, targets=idx)
-    loss.backward()
-    train.save_checkpoint(str(tmp_path / "c.pt"), compiled, None, {}, 0)
-    plain = GPT(cfg).cuda()
-    plain.load_state_dict(train.load_checkpoint(str(tmp_path / "c.pt"), "cuda")["model"])
-    with torch.no_grad():
-        assert torch.allclose(plain(idx)[0], compiled(idx)[0], atol=1e-2)
+    on_gpu = GPT(GPTConfig(vocab_size=50, n_layer=1, n_head=2, n_embd=16)).cuda()
+    train.save_checkpoint(str(tmp_path / "c.pt"), on_gpu, None, {}, 0)
+    on_cpu = GPT(on_gpu.cfg)
+    on_cpu.load_state_dict(train.load_checkpoint(str(tmp_path / "c.pt"), "cpu")["model"])
+    assert all(torch.equal(a.cpu(), b) for a, b in zip(on_gpu.state_dict().values(), on_cpu.state_dict().values()))

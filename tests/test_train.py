@@ -86,20 +86,6 @@ def test_a_checkpoint_resumes_under_other_runtime_settings_and_with_the_removed_
         pretrain(small(steps=5), path, log=lambda *a: None)
 
 
-def test_checkpoints_load_across_compiled_and_plain_models(tmp_path):
-    torch.manual_seed(0)
-    plain, other = (GPT(GPTConfig(vocab_size=50, n_layer=1, n_head=2, n_embd=16)) for _ in range(2))
-    compiled = torch.compile(other)  # compiled lazily: nothing runs until it is called
-    train.save_checkpoint(str(tmp_path / "c.pt"), compiled, None, {}, 0)
-    from_compiled = load_checkpoint(str(tmp_path / "c.pt"))["model"]
-    assert not any(key.startswith("_orig_mod") for key in from_compiled)
-    plain.load_state_dict(from_compiled)
-    train.save_checkpoint(str(tmp_path / "p.pt"), plain, None, {}, 0)
-    train.unwrap(compiled).load_state_dict(load_checkpoint(str(tmp_path / "p.pt"))["model"])
-    for a, b in zip(plain.state_dict().values(), train.unwrap(compiled).state_dict().values()):
-        assert torch.equal(a, b)
-
-
 @pytest.mark.parametrize("kw, message", [({"task": "maths"}, "task='maths' is unknown"),
                                          ({"steps": 0}, r"steps=0 must be an integer in \[1, 100000\]"),
                                          ({"lr": -1.0}, r"lr=-1.0 must be a number in \[1e-06, 1\]")])
