@@ -239,6 +239,43 @@ def run_once(cfg, paths, analyse, runs_dir):
     return result
 
 
+def check_suites_feasible(suites):
+    """Every config of the suites checked for items and shifts the task can supply, before the first run
+    starts (configs that draw the same items are checked once)."""
+    checked = set()
+    for cfg in (cfg for _, configs, _ in suites for cfg in configs):
+        key = (cfg.task, cfg.seed, cfg.n_explain, cfg.n_eval, cfg.validation, cfg.schedule, cfg.shift,
+               cfg.shift_size, cfg.explained_features, cfg.feature_items)
+        if key not in checked:
+            check_feasible(cfg)
+            checked.add(key)
+
+
+def run_parallel(entries, jobs, finished):
+    """The runs of `entries` (run_suites' {"cfg", "paths", "analyse"}) in `jobs` processes: the models they
+    need are pretrained first, each once, and a run starts as soon as its models are ready; finished(entry,
+    result) is called as each ends."""
+    needed = {}
+    for entry in entries:
+        needed.update(pretrained_models(entry["cfg"]))
+    spawn = multiprocessing.get_context("spawn")  # a clean process per worker, same on every OS
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=spawn) as pool:
+        training = {pool.submit(pretrain_quietly, cfg, path): path for path, cfg in needed.items()
+                    if not is_pretrained(path)}
+        waiting, running = list(entries), {}
+        while waiting or running:
+            for entry in [e for e in waiting if not set(pretrained_models(e["cfg"])) & set(training.values())]:
+                waiting.remove(entry)
+                running[pool.submit(run_once, entry["cfg"], entry["paths"], entry["analyse"], train.RUNS_DIR)] = entry
+            done, _ = concurrent.futures.wait([*training, *running], return_when="FIRST_COMPLETED")
+            for future in done:
+                if future in training:
+                    future.result()  # a failed pretraining stops the suite with its error
+                    del training[future]
+                else:
+                    finished(running.pop(future), future.result())
+
+
 def run_suites(suites, jobs=1):
     """Run (or load) the configs of several suites in your store, `jobs` at a time, under one progress
     bar; returns each suite's results in the order of its configs. suites: [(experiment, configs,
@@ -251,13 +288,7 @@ def run_suites(suites, jobs=1):
     from tqdm import tqdm
     check_positive("jobs", jobs, high=256)
     check_writable(store(), "your store")
-    checked = set()
-    for cfg in (cfg for _, configs, _ in suites for cfg in configs):  # before the first run starts
-        key = (cfg.task, cfg.seed, cfg.n_explain, cfg.n_eval, cfg.schedule, cfg.shift, cfg.shift_size,
-               cfg.explained_features, cfg.feature_items)
-        if key not in checked:
-            check_feasible(cfg)
-            checked.add(key)
+    check_suites_feasible(suites)
     t0, results, todo = time.time(), {}, {}
     asked = [[(cfg, result_path(experiment, cfg)) for cfg in configs] for experiment, configs, _ in suites]
     names = list(dict.fromkeys(experiment for experiment, *_ in suites))
@@ -291,25 +322,7 @@ def run_suites(suites, jobs=1):
         for entry in todo.values():
             finished(entry, run_once(entry["cfg"], entry["paths"], entry["analyse"], train.RUNS_DIR))
     else:
-        needed = {}
-        for entry in todo.values():
-            needed.update(pretrained_models(entry["cfg"]))
-        spawn = multiprocessing.get_context("spawn")  # a clean process per worker, same on every OS
-        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=spawn) as pool:
-            training = {pool.submit(pretrain_quietly, cfg, path): path for path, cfg in needed.items()
-                        if not is_pretrained(path)}
-            waiting, running = list(todo.values()), {}
-            while waiting or running:
-                for entry in [e for e in waiting if not set(pretrained_models(e["cfg"])) & set(training.values())]:
-                    waiting.remove(entry)
-                    running[pool.submit(run_once, entry["cfg"], entry["paths"], entry["analyse"], train.RUNS_DIR)] = entry
-                done, _ = concurrent.futures.wait([*training, *running], return_when="FIRST_COMPLETED")
-                for future in done:
-                    if future in training:
-                        future.result()  # a failed pretraining stops the suite with its error
-                        del training[future]
-                    else:
-                        finished(running.pop(future), future.result())
+        run_parallel(list(todo.values()), jobs, finished)
     bar.close()
     print(f"{', '.join(names)}: {bar.n} runs in {time.time() - t0:.0f} s")
     return [[results[path] for _, path in runs] for runs in asked]

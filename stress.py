@@ -419,6 +419,38 @@ A forced verdict near 0.5 on flipped items means the explainer does not know; a 
 the generated one means it knows but does not write a well-formed explanation."""
 
 
+def draw_stress_figures(table, lines, found, figures_dir):
+    """Both maps and, if its runs exist, the oscillating shift's curves; returns ({name: path}, whether
+    the oscillating figure was drawn)."""
+    figures = {name: os.path.join(figures_dir, f"stress_{name}.png") for name in ("noise", "schedule", "oscillating")}
+    plot_map(table, [line for line in lines if line.knob == "label noise"], found, "label noise", figures["noise"])
+    plot_map(table, [line for line in lines if line.knob == "shift size"], found, "schedule", figures["schedule"])
+    points = {task: (task, DEFAULT_SHIFT[task][1], "oscillating", 0.0) for task in MAP_TASKS}
+    oscillating = {f"{task}, oscillating, size {point[1]:g}": table[point] for task, point in points.items()
+                   if point in table}
+    if oscillating:
+        plot_runs(oscillating, figures["oscillating"])
+    return figures, bool(oscillating)
+
+
+def probes_section(probes):
+    """STRESS.md's section on the probed runs ({task: runs}; "" if there are none)."""
+    if not any(probes.values()):
+        return ""
+    return f"""
+## Probes of the main setting's explainers, and the two-hop task
+
+`python stress.py probes`: the main setting of each task and the two-hop task (C on an intermediate
+step), {len(PROBE_SEEDS)} seeds, final evaluation.
+
+{headline_table(probes)}
+
+{PROBES_TEXT}
+
+{probe_table(probes)}
+"""
+
+
 def write_stress_report(results, path, figures_dir, command):
     """STRESS.md: the boundaries, both maps with every point's runs, the oscillating shift's curves and,
     when their runs exist, the probes; returns the README's lines."""
@@ -429,19 +461,10 @@ def write_stress_report(results, path, figures_dir, command):
     lines = map_lines(table)
     found = {line: boundary(*line_outcomes(line, table)) for line in lines}  # each bootstrap once
     texts = {line: boundary_text(line, table, found[line]) for line in lines}
-    noise_lines = [line for line in lines if line.knob == "label noise"]
-    size_lines = [line for line in lines if line.knob == "shift size"]
-    figures = {name: os.path.join(figures_dir, f"stress_{name}.png") for name in ("noise", "schedule", "oscillating")}
-    plot_map(table, noise_lines, found, "label noise", figures["noise"])
-    plot_map(table, size_lines, found, "schedule", figures["schedule"])
-    oscillating = {f"{task}, oscillating, size {DEFAULT_SHIFT[task][1]:g}": table[(task, DEFAULT_SHIFT[task][1], "oscillating", 0.0)]
-                   for task in MAP_TASKS if (task, DEFAULT_SHIFT[task][1], "oscillating", 0.0) in table}
-    if oscillating:
-        plot_runs(oscillating, figures["oscillating"])
+    figures, oscillating = draw_stress_figures(table, lines, found, figures_dir)
     rel = {k: os.path.relpath(v, os.path.dirname(os.path.abspath(path))) for k, v in figures.items()}
     order = lambda key: (key[0], key[1], SCHEDULES.index(key[2]), key[3])
     points = lambda chosen: points_table(table, sorted((key for key in table if chosen(key)), key=order))
-    probes = probe_runs(results)
     n_runs = sum(map(len, table.values()))
     seeds = sorted({r["config"]["seed"] for runs in table.values() for r in runs})
     text = f"""# Stress maps: where coupling breaks
@@ -485,18 +508,7 @@ Clean labels. Sharp: every shifted unit from step 0. Gradual: units join in ten 
 ## The oscillating shift over training
 
 ![oscillating]({rel['oscillating']})
-""" if oscillating else "") + (f"""
-## Probes of the main setting's explainers, and the two-hop task
-
-`python stress.py probes`: the main setting of each task and the two-hop task (C on an intermediate
-step), {len(PROBE_SEEDS)} seeds, final evaluation.
-
-{headline_table(probes)}
-
-{PROBES_TEXT}
-
-{probe_table(probes)}
-""" if any(probes.values()) else "")
+""" if oscillating else "") + probes_section(probe_runs(results))
     write_text(text, path)
     print(f"wrote {path} and figures under {figures_dir}/")
     return readme_lines(texts)

@@ -125,7 +125,8 @@ def test_the_held_out_feature_sweep_tables_the_untrained_model_and_the_explained
     final = {"gap": 0.1, "self": 0.6, "orig": 0.5, "agreement": 0.3, "n_flipped": 600, "malformed": 0.05,
              "blind_gap": 0.02, "tracking": 0.4, "self_flipped": 0.5, "orig_flipped": 0.1, "shift_learned": 1.0,
              "balanced_self": 0.5}
-    results = [{"config": {"seed": seed, "task": "hint", "explained_features": k, "explain": {"kl_weight": 3.0}},
+    results = [{"config": {"seed": seed, "task": "hint", "explained_features": k, "n_explain": ev.RunConfig.n_explain,
+                           "explain": {"kl_weight": 3.0, "steps": train.ExplainConfig.steps}},
                 "baseline": {**final, "self": 0.0, "malformed": 1.0}, "curve": [],
                 "final": {**final, **({"explained_self": 0.8} if k > 1 else {})}}
                for seed in (0, 1) for k in (1, 4)]
