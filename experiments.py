@@ -33,7 +33,7 @@ from eval import (REFERENCE, RunConfig, add_run_flags, check_feasible, config_fr
 from metrics import is_kl
 from model import pick_device
 from figures import number
-from report import comparison, group, held_out_table, markdown_table, verdict_table, write_report, write_text
+from report import comparison, draw_line, group, held_out_table, markdown_table, verdict_table, write_report, write_text
 from train import REPO, ExplainConfig, PretrainConfig, atomic_write, load_checkpoint, pretrain, write_json
 
 MAIN_TASKS = ("hint", "judgement", "refusal")
@@ -396,8 +396,7 @@ def publish(experiments):
                  sweeps=saved_sweeps(store(reference=True)), about=about, command="make publish",
                  directions=load_results(os.path.join(store(reference=True), "directions")), second_draw=second_draw)
     held_out = load_results(os.path.join(store(reference=True), "held_out_feature"))
-    main_table = verdict_table(group(results)) + (f"\n\nA second draw, two threads per run:\n\n"
-                                                  f"{verdict_table(group(second_draw))}" if second_draw else "")
+    main_table = verdict_table(group(results)) + (f"\n\n{draw_line(second_draw)}" if second_draw else "")
     fill_readme({"main table": main_table, "ranges": ranges_table(),
                  "new behaviour": held_out_table(SWEEPS["held_out_feature"], held_out) if held_out else "not yet published"})
     print("rebuilt REPORT.md, figures/ and the README's main table and ranges from results/ and the code")

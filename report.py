@@ -207,6 +207,14 @@ draw of every run, M0 included (`make reproduce THREADS={threads[0]}`), on {mach
 """
 
 
+def draw_line(runs):
+    """One line of another draw's verdicts per task, with KL: runs coupled and the bar (the README's)."""
+    threads = "/".join(map(str, sorted({r["provenance"]["threads"] for r in runs})))
+    return f"Second draw ({threads} threads per run, {machines(runs)}), with KL: " + "; ".join(
+        f"{task} {coupled_count(group_runs)} coupled, the bar {bar_text(group_runs, regime)}"
+        for (task, regime), group_runs in group(runs).items() if regime == "kl") + "."
+
+
 def failures_table(groups):
     """Per task, the runs with KL not coupled at the end, counted by how they failed (with their seeds)."""
     rows = []

@@ -162,3 +162,14 @@ def test_results_of_an_earlier_recipe_or_judged_by_an_older_measure_are_named_as
     assert "2 of these 3 results were made with an earlier recipe (300 explanation items and 300 steps" in note
     older = report.rule_note([{"config": result(*now)["config"], "final": {"tracking": 0.7}}])
     assert "judged by tracking in its place" in older and "earlier recipe" not in older
+
+
+def test_the_readmes_line_on_a_second_draw_gives_each_tasks_runs_coupled_and_bar():
+    def result(task, seed, gap, kl=3.0):
+        return {"config": {"task": task, "seed": seed, "explain": {"kl_weight": kl}},
+                "final": {"gap": gap, "verdict_tracking": 0.9},
+                "provenance": {"threads": 2, "cpu": "Toaster", "cpu_capability": "avx2", "gpu": None}}
+    runs = [result("hint", s, 0.1 + s / 100) for s in range(3)] + [result("hint", 0, -0.2, kl=0.0)] + \
+           [result("refusal", s, (-0.1, 0.1, 0.2)[s]) for s in range(3)]
+    assert report.draw_line(runs) == ("Second draw (2 threads per run, Toaster (avx2 kernels)), with KL: hint 3 of 3 "
+                                      "coupled, the bar met; refusal 2 of 3 coupled, the bar not met.")
