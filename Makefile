@@ -8,7 +8,7 @@ DEVICE ?= auto
 SEEDS ?=
 THREADS ?= 1
 TASK ?= hint
-SEED ?= 0
+SEED ?= 3
 EXPERIMENTS ?=
 DENSE ?=
 
