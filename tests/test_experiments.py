@@ -158,7 +158,8 @@ def test_show_prints_flipped_and_unflipped_items_of_a_saved_run(mine):
 
 def fake(task, seed, gap, verdict_tracking, kl=True, cpu="Toaster CPU"):
     final = {"gap": gap, "verdict_tracking": verdict_tracking, **({"blind_gap": 0.05, "c_blind_gap": 0.2} if kl else {})}
-    return {"config": {"task": task, "seed": seed, "explain": {"kl_weight": 3.0 if kl else 0.0}},
+    return {"config": {"task": task, "seed": seed, "n_explain": ev.RunConfig.n_explain,
+                       "explain": {"kl_weight": 3.0 if kl else 0.0, "steps": train.ExplainConfig.steps}},
             "final": final, "curve": [final], "provenance": {"cpu": cpu, "cpu_capability": "avx2", "gpu": None}}
 
 
