@@ -516,11 +516,16 @@ Clean labels. Sharp: every shifted unit from step 0. Gradual: units join in ten 
 
 def publish():
     """Maintainers only: copy your stress results into the reference (each replacing a reference result of
-    the same run), then rebuild STRESS.md, its figures and the README's stress lines from the reference."""
+    the same run), then rebuild STRESS.md, its figures and the README's stress lines from the reference;
+    with no map run of the current settings there, it leaves them as they are rather than empty them."""
     copy_to_reference(EXPERIMENT)
-    reference = os.path.join(store(reference=True), EXPERIMENT)
-    lines = write_stress_report(load_results(reference), os.path.join(REPO, "STRESS.md"),
-                                os.path.join(REPO, "figures"), "make publish")
+    results = load_results(os.path.join(store(reference=True), EXPERIMENT))
+    if not map_points([r for r in results if is_kl(r["config"])]):
+        print("no map run of the current settings in the reference; STRESS.md and the README's stress lines left "
+              "as they are (`make stress`, then publish its results)")
+        return
+    lines = write_stress_report(results, os.path.join(REPO, "STRESS.md"), os.path.join(REPO, "figures"),
+                                "make publish")
     fill_readme({"stress boundaries": lines})
 
 

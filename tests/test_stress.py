@@ -102,3 +102,15 @@ def test_the_probe_table_reads_results_saved_before_a_probe_existed():
                                 "judgement": [probed()]})
     row = next(line for line in table.splitlines() if line.startswith("| verdict flipped: verdict forced |"))
     assert row == "| verdict flipped: verdict forced | 0.75 (4) | 0.00 | n/a (n/a) | n/a |"
+
+
+def test_publishing_without_a_map_run_of_the_current_settings_leaves_the_reports_as_they_are(tmp_path, monkeypatch,
+                                                                                             capsys):
+    earlier = {"config": asdict(stress.point_config("hint", 0.2, 0.0, "sharp", 0)), "final": {}}
+    earlier["config"]["n_explain"] = 300  # a map run of an earlier recipe
+    monkeypatch.setattr(stress, "copy_to_reference", lambda experiment: None)
+    monkeypatch.setattr(stress, "load_results", lambda folder: [earlier])
+    monkeypatch.setattr(stress, "write_stress_report", lambda *a: pytest.fail("STRESS.md rewritten"))
+    monkeypatch.setattr(stress, "fill_readme", lambda blocks: pytest.fail("README rewritten"))
+    stress.publish()
+    assert "left as they are" in capsys.readouterr().out
