@@ -361,7 +361,7 @@ def report_yours(mine, command):
     if compared:
         print(f"\nYour numbers beside the reference (results/main):\n\n{compared}")
     shown = os.path.relpath(path) if path.startswith(os.getcwd()) else path
-    print(f"Your report: {shown}. One run's explanations, item by item: make show TASK=hint SEED=0")
+    print(f"Your report: {shown}. One run's explanations, item by item: make show TASK=hint SEED={QUICK_SEEDS[0]}")
 
 
 def ranges_table():
