@@ -18,8 +18,7 @@ from explain import Labels, mean_or_nan
 def codes(labels: Labels, verdict_only=False):
     """One integer per item, equal for equal labels (verdict and answer, or the verdict alone); -1 where
     malformed."""
-    return np.where(labels.changed < 0, -1, labels.changed * (1 if verdict_only else 1000)
-                    + (0 if verdict_only else labels.answer))
+    return np.where(labels.changed < 0, -1, labels.changed if verdict_only else labels.changed * 1000 + labels.answer)
 
 
 def tracking(explanations: Labels, current: Labels, original: Labels, among=None, verdict_only=False):

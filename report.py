@@ -297,9 +297,10 @@ def rule_note(results):
     """Sentences naming what some results were made or judged with before the current code: the older
     measure they are judged by, the earlier recipe they were made with ("" when none)."""
     older = sorted({rule_measure(r["final"]) for r in results} - {"verdict_tracking"})
-    recipe = (RunConfig.n_explain, ExplainConfig.steps)
-    earlier = sorted({(r["config"]["n_explain"], r["config"]["explain"]["steps"]) for r in results} - {recipe})
-    made = [r for r in results if (r["config"]["n_explain"], r["config"]["explain"]["steps"]) != recipe]
+    recipe, made_with = (RunConfig.n_explain, ExplainConfig.steps), lambda r: (r["config"]["n_explain"],
+                                                                              r["config"]["explain"]["steps"])
+    earlier = sorted({made_with(r) for r in results} - {recipe})
+    made = [r for r in results if made_with(r) != recipe]
     return ((f" Some of these results were saved before verdict tracking was measured: they are judged by "
              f"{' or '.join(older)} in its place, which an explainer blind to C can pass." if older else "") +
             (f" {len(made)} of these {len(results)} results were made with an earlier recipe ("

@@ -435,7 +435,7 @@ def train_explainer(model, cfg: ExplainConfig, seed, explain_data, shift_phases,
     optimizer = new_optimizer(model, cfg.lr, cfg.weight_decay)
     use_kl = cfg.kl_weight > 0 and len(kl_data) > 0
     lower = f"the learning rate (now {cfg.lr})" + (f" or the KL weight (now {cfg.kl_weight})" if use_kl else "")
-    units = torch.from_numpy(unit_token_ids()).to(device) if "all" != cfg.shift_in or "all" != cfg.explain_in else None
+    units = torch.from_numpy(unit_token_ids()).to(device) if cfg.shift_in != "all" or cfg.explain_in != "all" else None
     m0_unit_rows = model.tok_emb.weight.detach()[units].clone() if cfg.shift_in == "layers" else None
     parts = {"explain_loss": [], "shift_loss": [], "kl_loss": []}  # each step's values, detached
     for step in range(cfg.steps + 1):
@@ -470,7 +470,7 @@ def train_explainer(model, cfg: ExplainConfig, seed, explain_data, shift_phases,
                 kl_loss = kl_to_reference(logp[len(shift):], reference)
                 parts["kl_loss"].append(kl_loss.detach())
                 loss = loss + cfg.kl_weight * kl_loss
-        check_finite(explain_loss + loss, step, "explanation training", lower)
+        check_finite(loss if cfg.explain_in == "all" else explain_loss + loss, step, "explanation training", lower)
         take_step(model, optimizer, loss, lr_at(step, cfg), cfg.grad_clip,
                   but_units=(explain_loss, units) if cfg.explain_in == "layers" else None)
         if m0_unit_rows is not None:
