@@ -3,9 +3,8 @@
 Each field is declared with option(default, help, low, high, ...): its help text is the flag's, [low, high]
 is the range every value is checked against before anything runs (nan and inf never pass; upper bounds keep
 memory and time sane), and its metadata says whether it is a runtime setting (how a run executes: device,
-threads, checkpoint interval; never part of a run's identity) and what an older saved config meant when
-it lacked the field. science() is what a run's numbers are made of; with_defaults() reads configs saved
-by older versions. A user error is a ValueError whose message names the value and what is allowed; the
+threads, checkpoint interval; never part of a run's identity). science() is what a run's numbers are made
+of. A user error is a ValueError whose message names the value and what is allowed; the
 command lines print it as one line and exit with status 2.
 """
 import argparse
@@ -95,8 +94,7 @@ def run_command(parser, work):
 def option(default, help, low=None, high=None, choices=None, **metadata):
     """A config field with the help text of its flag; [low, high] or choices: what values are allowed
     (check_ranges); metadata: runtime=True for a setting of how a run executes, not what it computes (at
-    most the rounding changes; not part of a run's identity); absent_means=value for what an older saved
-    config meant when it lacked the field."""
+    most the rounding changes; not part of a run's identity)."""
     allowed = {"range": (low, high)} if low is not None else {"choices": tuple(choices)} if choices else {}
     return field(default=default, metadata={"help": help, **allowed, **metadata})
 
@@ -139,33 +137,15 @@ def science(config) -> dict:
             else getattr(config, f.name) for f in fields(config) if not f.metadata.get("runtime")}
 
 
-def as_before(config) -> dict:
-    """science(config) without the fields that hold the value the code had before they existed
-    (absent_means): what names a saved file, so that adding a field never renames what older code saved."""
-    absent = {f.name: f.metadata["absent_means"] for f in fields(config) if "absent_means" in f.metadata}
-    return {name: value for name, value in science(config).items() if name not in absent or value != absent[name]}
-
-
-def with_defaults(saved, cls):
-    """A config dict saved by an older version, completed for the fields added since: with the value the
-    code had before the field existed (its metadata's "absent_means") or else its default, so that old
-    checkpoints and results stay valid, and an old result never passes for a run of a changed default."""
-    full = dict(saved)
-    for f in fields(cls):
-        default = _default(f)
-        if is_dataclass(default):
-            full[f.name] = with_defaults(saved.get(f.name, {}), type(default))
-        elif f.name not in saved:
-            full[f.name] = f.metadata.get("absent_means", default)
-    return full
-
-
 def from_dict(cls, saved):
-    """cls (nested configs too) from a config dict saved by any version: fields added since take the value
-    the code had before them (with_defaults), fields since removed are dropped."""
-    full = with_defaults(saved, cls)
-    return cls(**{f.name: from_dict(type(_default(f)), full[f.name]) if is_dataclass(_default(f)) else full[f.name]
-                  for f in fields(cls) if f.name in full})
+    """cls (nested configs too) from a saved config dict, which must have exactly cls's fields: a file
+    made by other code is refused (KeyError naming the fields), never read with guessed settings."""
+    names = {f.name for f in fields(cls)}
+    if set(saved) != names:
+        odd = sorted(names - set(saved)) + sorted(set(saved) - names)
+        raise KeyError(f"the {cls.__name__} fields {', '.join(odd)} differ from this code's")
+    return cls(**{f.name: from_dict(type(_default(f)), saved[f.name]) if is_dataclass(_default(f)) else saved[f.name]
+                  for f in fields(cls)})
 
 
 def differences(values, defaults):

@@ -24,7 +24,7 @@ from explain import (add_label_noise, answers_with_c, behaviour, current_labels,
                      labels_from_behaviour, mean_or_nan, mix_labels, pair_cases)
 from metrics import coupling_metrics, failure_kind
 from model import pick_device
-from train import (REMOVED_PRETRAIN_FIELDS, REPO, ExplainConfig, PretrainConfig, active_phase, behaviour_accuracy,
+from train import (REPO, ExplainConfig, PretrainConfig, active_phase, behaviour_accuracy,
                    case_logprobs, explainer_from, kl_to_reference, m0_path, pretrain, provenance, save_checkpoint,
                    train_explainer, write_json)
 import train
@@ -133,11 +133,7 @@ class RunConfig:
 
 
 def config_from_dict(saved):
-    """A RunConfig from a saved result's config dict (fields added since it was saved take the value the
-    code had before them; fields since removed are dropped, and refused if they were on)."""
-    for name, off in REMOVED_PRETRAIN_FIELDS.items():
-        if saved.get("pretrain", {}).get(name, off) != off:
-            raise UserError(f"made with {name}={saved['pretrain'][name]}, a setting since removed")
+    """A RunConfig from a saved result's config dict (refused when this code's fields differ)."""
     return from_dict(RunConfig, saved)
 
 
@@ -406,10 +402,11 @@ def explainer_path(result_path):
 # ---------------------------------------------------------------------------------------------------------
 # Result files and the command line of one run
 
-RESULT_KEYS = ("config", "provenance", "m0", "data", "baseline", "final", "curve", "seconds")
+RESULT_KEYS = ("config", "provenance", "m0", "data", "baseline", "final", "curve", "failure", "seconds")
 EVALUATION_KEYS = ("step", "self", "orig", "gap", "n_flipped", "self_flipped", "orig_flipped", "agreement",
                    "malformed", "task_accuracy", "shift_learned", "n_became_changed", "self_became_changed",
-                   "n_became_unchanged", "self_became_unchanged")
+                   "n_became_unchanged", "self_became_unchanged", "tracking", "verdict_tracking", "balanced_self",
+                   "self_unflipped", "blind_gap", "c_blind_gap")
 
 
 def read_result(path):

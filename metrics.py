@@ -141,24 +141,13 @@ def is_kl(config):
     return config["explain"]["kl_weight"] > 0
 
 
-# The measure each rule reads to decide whether the explanations follow the shift, newest first: results
-# saved before a measure existed are judged by the one they have (each older one can be passed by an
-# explainer that does not know C's effect: see README, "The rule").
-RULE_MEASURES = ("verdict_tracking", "tracking", "self_flipped")
-
-
-def rule_measure(evaluation):
-    """The measure an evaluation is judged by: the newest of RULE_MEASURES it has."""
-    return next(key for key in RULE_MEASURES if key in evaluation)
-
-
 def is_coupled(evaluation):
     """One run's rule, fixed before the runs it judges: Self > Orig, and the explanations follow the
     shift item by item on the verdict, verdict tracking > 0.5. Every explainer that writes one verdict
     everywhere has verdict tracking 0: the constants, and the C-blind copies of the model's own answers
     ("would remain <answer with C>", "would become <answer without C>"); a copy of the current behaviour
     has 1."""
-    follows = evaluation[rule_measure(evaluation)]
+    follows = evaluation["verdict_tracking"]
     return evaluation["gap"] > 0 and defined(follows) and follows > 0.5
 
 
@@ -169,7 +158,7 @@ def meets_bar(finals):
     gap, half = mean_ci([f["gap"] for f in finals])
     if not defined(half) or gap - half <= 0:
         return False
-    follows = [f[rule_measure(f)] for f in finals]
+    follows = [f["verdict_tracking"] for f in finals]
     tracked, half = mean_ci(follows)
     return all(map(defined, follows)) and tracked - half > 0.5
 

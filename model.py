@@ -232,7 +232,5 @@ def processors():
 
 
 def machine(prov):
-    """Where a result was computed, in words (results saved before this was recorded say so)."""
-    if "cpu" not in prov:
-        return "a machine not recorded"
+    """Where a result was computed, in words."""
     return prov["gpu"] or f"{prov['cpu']} ({prov['cpu_capability']} kernels)"

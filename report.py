@@ -10,13 +10,12 @@ import textwrap
 
 import numpy as np
 
-from metrics import FAILURES, GENERALISES, defined, is_coupled, is_kl, mean_ci, meets_bar, rule_measure
+from metrics import FAILURES, GENERALISES, defined, is_coupled, is_kl, mean_ci, meets_bar
 from figures import (by_value, number, plot_curves, plot_flipped_runs, plot_gaps, plot_patching, plot_runs, plot_sweep,
                      value_label)
 from model import machine
 from patching import mean_profiles
-from eval import RunConfig
-from train import ExplainConfig, atomic_write
+from train import atomic_write
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -58,11 +57,11 @@ def machines(results):
 
 def failures(runs):
     """{how a run failed: [its seeds]} over the runs not coupled at the end (metrics.failure_kind, saved
-    with each run; "not diagnosed" for results saved before it was)."""
+    with each run)."""
     kinds = {}
     for r in runs:
         if not is_coupled(r["final"]):
-            kinds.setdefault(r.get("failure", "not diagnosed"), []).append(r["config"]["seed"])
+            kinds.setdefault(r["failure"], []).append(r["config"]["seed"])
     return kinds
 
 
@@ -123,7 +122,7 @@ def seed_table(groups):
     for (task, regime), runs in groups.items():
         for r in runs:
             f, m0 = r["final"], r["m0"]
-            probes = r.get("probes") or {}  # only the KL runs are probed; older results lack the verdict rows
+            probes = r.get("probes") or {}  # only the KL runs are probed
             generated, forced = (probes.get(f"verdict flipped: verdict {kind}") for kind in ("generated", "forced"))
             verdicts = (f"{forced['n']}, {number(generated['accuracy'], '.2f')} / {number(forced['accuracy'], '.2f')}"
                         if forced else "n/a")
@@ -145,8 +144,7 @@ def patching_table(results):
     rows = []
     for task, (_, behaviour_mean, explanation_mean, r, runs) in profiles.items():
         items = np.mean([run["patching"]["n_items"] for run in runs])
-        # results from before the verdict had to change too (commit c11c66c and older) lack the count
-        changed = np.mean([run["patching"].get("n_answer_changed", np.nan) for run in runs])
+        changed = np.mean([run["patching"]["n_answer_changed"] for run in runs])
         count = f"{items:.0f} ({number(changed, '.0f')})"
         for kind, mean in (("answer", behaviour_mean), ("explanation", explanation_mean)):
             rows.append([task, len(runs), count, kind, *(number(v, "+.2f") for v in mean), number(r, "+.2f")])
@@ -184,12 +182,11 @@ def diagnosis_table(groups):
         for r in runs:
             for kind, n in r["diagnosis"]["malformed_kinds"].items():
                 kinds[kind] = kinds.get(kind, 0) + n
-        col = lambda values, **kw: fmt(values, **kw)
         rows.append([task, len(runs), ", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items())) or "none",
-                     col([r["final"]["gap"] for r in runs], signed=True),
-                     col([r["diagnosis"]["lenient_gap"] for r in runs], signed=True),
-                     col([r["final"].get("tracking", math.nan) for r in runs], digits=2),
-                     col([r["diagnosis"]["lenient_tracking"] for r in runs], digits=2)])
+                     fmt([r["final"]["gap"] for r in runs], signed=True),
+                     fmt([r["diagnosis"]["lenient_gap"] for r in runs], signed=True),
+                     fmt([r["final"]["tracking"] for r in runs], digits=2),
+                     fmt([r["diagnosis"]["lenient_tracking"] for r in runs], digits=2)])
     return markdown_table(["task", "seeds", "malformed explanations, by kind (all seeds)", "Self - Orig",
                            "read leniently", "tracking", "read leniently"], rows) if rows else ""
 
@@ -221,8 +218,8 @@ def failures_table(groups):
     for task, runs in ((task, runs) for (task, regime), runs in groups.items() if regime == "kl"):
         kinds = failures(runs)
         cell = lambda kind: f"{len(kinds[kind])} (seeds {', '.join(map(str, kinds[kind]))})" if kind in kinds else "0"
-        rows.append([task, len(runs), sum(map(len, kinds.values())), *map(cell, FAILURES + ("not diagnosed",))])
-    return markdown_table(["task", "seeds", "not coupled", *FAILURES, "not diagnosed"], rows)
+        rows.append([task, len(runs), sum(map(len, kinds.values())), *map(cell, FAILURES)])
+    return markdown_table(["task", "seeds", "not coupled", *FAILURES], rows)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -285,27 +282,12 @@ def sweep_section(name, sweep, results, report_dir, figures_dir):
 ## Sweep: {name.replace("_", " ")}
 
 {sweep.question} Varied: {sweep.label} (`{sweep.knob}`); {fixed_text(sweep)}everything else as in the main result's KL runs.
-Command: `python experiments.py sweep {name}`. The paper: {sweep.paper}.{rule_note(results)}
+Command: `python experiments.py sweep {name}`. The paper: {sweep.paper}.
 
 {sweep_table(sweep, results)}
 
 ![{name}]({os.path.relpath(figure, report_dir)})
 """
-
-
-def rule_note(results):
-    """Sentences naming what some results were made or judged with before the current code: the older
-    measure they are judged by, the earlier recipe they were made with ("" when none)."""
-    older = sorted({rule_measure(r["final"]) for r in results} - {"verdict_tracking"})
-    recipe, made_with = (RunConfig.n_explain, ExplainConfig.steps), lambda r: (r["config"]["n_explain"],
-                                                                              r["config"]["explain"]["steps"])
-    earlier = sorted({made_with(r) for r in results} - {recipe})
-    made = [r for r in results if made_with(r) != recipe]
-    return ((f" Some of these results were saved before verdict tracking was measured: they are judged by "
-             f"{' or '.join(older)} in its place, which an explainer blind to C can pass." if older else "") +
-            (f" {len(made)} of these {len(results)} results were made with an earlier recipe ("
-             f"{', '.join(f'{n} explanation items and {steps} steps' for n, steps in earlier)}; now {recipe[0]} "
-             f"and {recipe[1]})." if made else ""))
 
 
 RULE_TEXT = ("A run is coupled when Self > Orig and verdict tracking > 0.5; the bar (per task, runs with KL): "
@@ -336,7 +318,7 @@ def comparison(mine, reference):
     row = lambda task, regime, who, runs: [task, "yes" if regime == "kl" else "no", who, len(runs),
                                            fmt([r["final"]["gap"] for r in runs], signed=True), mean(runs, "blind_gap"),
                                            mean(runs, "c_blind_gap"),
-                                           fmt([r["final"].get("verdict_tracking", math.nan) for r in runs], digits=2),
+                                           fmt([r["final"]["verdict_tracking"] for r in runs], digits=2),
                                            coupled_count(runs)]
     rows = [row(task, regime, who, runs) for (task, regime), yours in mine_groups.items()
             for who, runs in (("yours", yours), ("reference", ref_groups.get((task, regime), []))) if runs]
@@ -347,7 +329,7 @@ def comparison(mine, reference):
     lines = [f"- {task}: the bar is {verdict(runs)} here; in the reference: "
              f"{verdict(ref_groups.get((task, 'kl'), [])) if (task, 'kl') in ref_groups else 'no runs'}."
              for (task, regime), runs in mine_groups.items() if regime == "kl"]
-    rule = textwrap.fill(f"{RULE_TEXT} {MEASURES_TEXT} n/a: not measured.{rule_note(mine + reference)}", 99)
+    rule = textwrap.fill(f"{RULE_TEXT} {MEASURES_TEXT} n/a: not measured.", 99)
     where = textwrap.fill(f"Yours: computed on {machines(mine)}. Reference: computed on "
                           f"{machines(reference) or 'nothing'}. The same seed on another machine is a new draw, so "
                           f"compare the distributions, not seed by seed.", 99)
@@ -381,7 +363,7 @@ behaviour (Self) and from M0's behaviour (Orig, the kind of labels it was traine
 
 {verdict_table(groups)}
 
-{RULE_TEXT}{rule_note(results)} {MEASURES_TEXT}
+{RULE_TEXT} {MEASURES_TEXT}
 {second_draw_text(second_draw)}
 {main_table(groups)}
 
@@ -416,7 +398,7 @@ def detail_sections(results, directions, figure, rel):
 The main result's shift reduces a behaviour (hint, refusal: `reduce`) or flips deeds (judgement: `flip`);
 `python experiments.py directions` runs the others on hint and refusal: `acquire` (a known answer is
 forgotten; a new over-refusal) and `both`. {MEASURES_TEXT} Tracking on drift items: on items flipped
-though the shift never trained their units (no data taught the new behaviour). {RULE_TEXT}{rule_note(directions)}
+though the shift never trained their units (no data taught the new behaviour). {RULE_TEXT}
 
 {directions_table([*results, *directions])}
 

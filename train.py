@@ -30,8 +30,8 @@ import tiktoken
 import torch
 import torch.nn.functional as F
 
-from config import (SEED_MAX, Parser, UserError, add_config_flags, as_before, check_positive, check_ranges,
-                    check_writable, config_from_flags, option, run_command, science, with_defaults)
+from config import (SEED_MAX, Parser, UserError, add_config_flags, check_positive, check_ranges,
+                    check_writable, config_from_flags, option, run_command, science)
 from data import (MAX_EXPLAINED_WORDS, N_UNITS, TASKS, TOKENIZER, TriggerTask, get_task, rng, tokenizer_fingerprint,
                   unit_token_ids)
 from model import DEVICES, GPT, GPTConfig, pick_device, processors
@@ -160,7 +160,7 @@ class PretrainConfig:
                                          "model family's world is made)", 0.0, 1.0)
     feature_words: int = option(0, "nonsense words, each with its own effect on the answer, that M0 learns "
                                    "beside the task's C (set by a run's explained_features)", 0,
-                                MAX_EXPLAINED_WORDS, absent_means=0)
+                                MAX_EXPLAINED_WORDS)
     steps: int = option(600, "pretraining steps", 1, 100_000)
     batch_size: int = option(128, "cases per step", 1, 4096)
     lr: float = option(5e-3, "peak learning rate", 1e-6, 1.0)
@@ -182,7 +182,6 @@ class PretrainConfig:
 
 # Fields PretrainConfig no longer has, with the value that computed what the code computes now: a
 # checkpoint saved with another value was made by code that is gone, and is never resumed.
-REMOVED_PRETRAIN_FIELDS = {"lm_rows": 0}  # a next-token loss inside prompts; rejected
 
 
 def behaviour_task(cfg: PretrainConfig):
@@ -280,9 +279,9 @@ def pretrain_loss(model, task, world, cfg: PretrainConfig, step):
 
 def m0_path(cfg: PretrainConfig, runs_dir=None):
     """Where M0 of these settings is saved: one checkpoint per variant (named by a digest of its science
-    settings, config.as_before), so a variant and the default model of the same seed never overwrite each
+    settings), so a variant and the default model of the same seed never overwrite each
     other; and one per thread count, as another count rounds differently (a new draw, experiments.draw)."""
-    digest = hashlib.sha1(json.dumps(as_before(cfg), sort_keys=True).encode()).hexdigest()[:8]
+    digest = hashlib.sha1(json.dumps(science(cfg), sort_keys=True).encode()).hexdigest()[:8]
     threads = "" if cfg.threads == 1 else f"_threads{cfg.threads}"
     return os.path.join(runs_dir or RUNS_DIR, "checkpoints", cfg.task, f"seed{cfg.seed}", f"m0_{digest}{threads}.pt")
 
@@ -301,11 +300,8 @@ def pretrain(cfg: PretrainConfig, path, log=print):
         if ckpt.get("optimizer") is None or "batch_size" not in ckpt["config"]:
             raise UserError(f"checkpoint {path} is not a pretraining checkpoint of M0 (a final explainer?); "
                             f"choose another path")
-        saved = with_defaults(ckpt["config"], PretrainConfig)
-        differ = [f"{name} {saved[name]!r} there, {value!r} here" for name, value in science(cfg).items()
-                  if saved[name] != value]  # runtime settings may differ: resume on another device
-        differ += [f"{name} {saved[name]!r} there, removed here" for name, off in REMOVED_PRETRAIN_FIELDS.items()
-                   if saved.get(name, off) != off]
+        differ = [f"{name} {ckpt['config'].get(name)!r} there, {value!r} here" for name, value in science(cfg).items()
+                  if ckpt["config"].get(name) != value]  # runtime settings may differ: resume on another device
         if differ:
             raise UserError(f"checkpoint {path} was made with another config ({', '.join(differ)}); delete "
                              f"it or choose another output path")
@@ -358,8 +354,7 @@ class ExplainConfig:
     eval_every: int = option(50, "steps between evaluations", 1, 100_000)
     lora_rank: int = option(0, "0: full fine-tuning; r > 0: only rank-r adapters and the embedding train "
                                "(at most the model width)", 0, 1024)
-    # Chosen on fresh seeds 50-59 (EXPLORATION.md). Results saved before the field existed were made without decay.
-    weight_decay: float = option(0.1, "AdamW's weight decay, on every trained weight", 0.0, 10.0, absent_means=0.0)
+    weight_decay: float = option(0.1, "AdamW's weight decay, on every trained weight", 0.0, 10.0)  # EXPLORATION.md
     # EXPLORATION.md, "Where coupling runs"
     shift_in: str = option("all", "where the concurrent shift may be written: all weights; units: its "
                                   "gradient reaches only the unit words' embeddings; layers: those embeddings "

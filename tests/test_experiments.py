@@ -213,7 +213,7 @@ def saved(cfg):
     """A result file of cfg with every key a result has, and made-up numbers."""
     point = {key: 0.5 for key in ev.EVALUATION_KEYS}
     ev.write_json({"config": ev.asdict(cfg), "provenance": {}, "m0": {}, "data": {}, "baseline": point,
-                   "final": point, "curve": [point], "seconds": 1.0}, ex.result_path("main", cfg))
+                   "final": point, "curve": [point], "failure": None, "seconds": 1.0}, ex.result_path("main", cfg))
 
 
 def test_reports_take_saved_main_runs_only_if_made_with_the_current_settings(mine):

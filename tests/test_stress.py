@@ -6,7 +6,7 @@ import stress
 
 
 def run(accuracy=0.95, gap=0.1, tracking=0.8, schedule="sharp", seed=0):
-    final = {"step": 300, "task_accuracy": accuracy, "gap": gap, "tracking": tracking, "self_flipped": 0.9}
+    final = {"step": 300, "task_accuracy": accuracy, "gap": gap, "verdict_tracking": tracking, "self_flipped": 0.9}
     return {"config": {"seed": seed, "schedule": schedule, "back_at": 150}, "final": final,
             "curve": [dict(final, step=150, gap=-0.5), final]}
 
@@ -45,7 +45,8 @@ def test_the_boundary_is_interpolated_and_widened_where_seeds_disagree():
 
 
 def fake_result(cfg, coupled):
-    final = {"step": 300, "task_accuracy": 0.95, "gap": 0.1 if coupled else -0.01, "tracking": 0.8 if coupled else 0.1}
+    final = {"step": 300, "task_accuracy": 0.95, "gap": 0.1 if coupled else -0.01,
+             "verdict_tracking": 0.8 if coupled else 0.1}
     return {"config": asdict(cfg), "final": final, "curve": [dict(final, step=150), final]}
 
 
