@@ -312,7 +312,8 @@ def comparison(mine, reference):
     """Markdown that reads in a 100-column terminal: per task and KL regime, a row of your runs and one of
     the reference's (mean gap ± 95% interval, the blind explainers' mean gaps, verdict tracking, runs
     coupled); then a line per task on whether the effect reproduced here, by the reference's own rule
-    (metrics.meets_bar on the runs with KL)."""
+    (metrics.meets_bar on the runs with KL), beside the reference's verdict on the same seeds and on all
+    of its own (a few seeds can miss the bar where ten meet it)."""
     mine_groups, ref_groups = group(mine), group(reference)
     mean = lambda runs, key: fmt([mean_ci([r["final"].get(key, math.nan) for r in runs])[0]], signed=True)
     row = lambda task, regime, who, runs: [task, "yes" if regime == "kl" else "no", who, len(runs),
@@ -326,8 +327,15 @@ def comparison(mine, reference):
                             "coupled"], rows)
     verdict = lambda runs: ("met" if meets_bar([r["final"] for r in runs]) else
                             "not met" if len(runs) > 1 else "undecided (one seed has no interval)")
+    def in_reference(task, seeds):
+        """The reference's verdict on your seeds (like for like), then on all of its own."""
+        runs = ref_groups.get((task, "kl"), [])
+        same = [r for r in runs if r["config"]["seed"] in seeds]
+        if not runs or len(same) == len(runs):
+            return verdict(runs) if runs else "no runs"
+        return f"{verdict(same) if same else 'no runs'} on your seeds, {verdict(runs)} on its {len(runs)}"
     lines = [f"- {task}: the bar is {verdict(runs)} here; in the reference: "
-             f"{verdict(ref_groups.get((task, 'kl'), [])) if (task, 'kl') in ref_groups else 'no runs'}."
+             f"{in_reference(task, {r['config']['seed'] for r in runs})}."
              for (task, regime), runs in mine_groups.items() if regime == "kl"]
     rule = textwrap.fill(f"{RULE_TEXT} {MEASURES_TEXT} n/a: not measured.", 99)
     where = textwrap.fill(f"Yours: computed on {machines(mine)}. Reference: computed on "

@@ -174,8 +174,12 @@ def test_the_comparison_puts_your_numbers_beside_the_reference_and_applies_the_b
     assert "| hint | no | yours | 1 | -0.300 | n/a | n/a | 0.10 | 0 of 1 |" in text
     assert "| hint | no | reference |" not in text  # no reference runs without KL here
     assert max(map(len, text.splitlines())) <= 100  # readable in a 100-column terminal
-    assert "- hint: the bar is met here; in the reference: met." in text
-    assert "- refusal: the bar is not met here; in the reference: met." in text
+    assert "- hint: the bar is met here; in the reference: met on your seeds, met on its 5." in text
+    assert "- refusal: the bar is not met here; in the reference: met on your seeds, met on its 5." in text
+    ten = [fake("hint", s, 0.1, 0.2 if s == 1 else 0.9) for s in range(10)]  # its seed 1 fails
+    assert "- hint: the bar is met here; in the reference: not met on your seeds, met on its 10." in \
+        ex.comparison(mine, ten)
+    assert "- hint: the bar is met here; in the reference: met." in ex.comparison(mine, reference[:3])
     assert "Yours: computed on Toaster CPU (avx2 kernels)" in text and "Reference: computed on Big CPU" in text
 
 
