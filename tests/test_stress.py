@@ -2,6 +2,7 @@ from dataclasses import asdict
 
 import pytest
 
+import probes
 import stress
 
 
@@ -93,16 +94,15 @@ def test_a_run_with_other_settings_never_joins_a_map():
     assert stress.point_of(other) is None
 
 
-def test_the_probe_table_reads_results_saved_before_a_probe_existed():
-    def probed(**rows):
-        leading = {"n": 9, "accuracy": 0.0, "malformed": 1.0, "follows_suggestion": 0.0}
-        return {"probes": {"training query": {"n": 9, "accuracy": 0.5, "malformed": 0.0},
-                           "leading: wrong explanation suggested": leading, **rows}}
-    new = {"n": 4, "accuracy": 0.75, "malformed": 0.0}
-    table = stress.probe_table({"hint": [probed(), probed(**{"verdict flipped: verdict forced": new})],
-                                "judgement": [probed()]})
-    row = next(line for line in table.splitlines() if line.startswith("| verdict flipped: verdict forced |"))
-    assert row == "| verdict flipped: verdict forced | 0.75 (4) | 0.00 | n/a (n/a) | n/a |"
+def test_the_probe_table_gives_each_probes_mean_per_task_and_the_leading_probes_followers():
+    def probed(accuracy, follows):
+        leading = {"n": 9, "accuracy": 0.0, "malformed": 1.0, "follows_suggestion": follows}
+        return {"probes": {"training query": {"n": 9, "accuracy": accuracy, "malformed": 0.0},
+                           "leading: wrong explanation suggested": leading}}
+    table = probes.probe_table({"hint": [probed(0.5, 0.0), probed(0.7, 1.0)], "judgement": [probed(0.9, 0.0)],
+                                "twohop": []})
+    assert "| training query | 0.60 ± 1.27 (9) | 0.00 ± 0.00 | 0.90 (9) | 0.00 |" in table
+    assert table.endswith("repeat the wrong suggestion: hint: 0.50 ± 6.35 | judgement: 0.00.")
 
 
 def test_publishing_without_a_map_run_of_the_current_settings_leaves_the_reports_as_they_are(tmp_path, monkeypatch,
