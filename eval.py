@@ -19,9 +19,10 @@ import numpy as np
 
 from config import (SEED_MAX, Parser, UserError, add_config_flags, check_ranges, check_writable, config_from_flags, option, run_command,
                     differences, from_dict, science)
-from data import MAX_EXPLAINED_WORDS, N_UNITS, TASKS, TriggerTask, get_task, rng
+from data import N_UNITS, TASKS, get_task, rng
 from explain import (add_label_noise, answers_with_c, behaviour, current_labels, explain, explanation_data,
                      labels_from_behaviour, mean_or_nan, mix_labels, pair_cases)
+from features import MAX_EXPLAINED_WORDS, TriggerTask
 from metrics import coupling_metrics, failure_kind
 from model import pick_device
 from train import (REPO, ExplainConfig, PretrainConfig, active_phase, behaviour_accuracy,

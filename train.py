@@ -32,8 +32,8 @@ import torch.nn.functional as F
 
 from config import (SEED_MAX, Parser, UserError, add_config_flags, check_positive, check_ranges,
                     check_writable, config_from_flags, option, run_command, science)
-from data import (MAX_EXPLAINED_WORDS, N_UNITS, TASKS, TOKENIZER, TriggerTask, get_task, rng, tokenizer_fingerprint,
-                  unit_token_ids)
+from data import N_UNITS, TASKS, TOKENIZER, get_task, rng, tokenizer_fingerprint, unit_token_ids
+from features import MAX_EXPLAINED_WORDS, TriggerTask
 from model import DEVICES, GPT, GPTConfig, pick_device, processors
 
 BLOCK_SIZE = 48
@@ -185,7 +185,7 @@ class PretrainConfig:
 
 
 def behaviour_task(cfg: PretrainConfig):
-    """The behaviour M0 learns: the task, and its feature_words on top if any (data.TriggerTask)."""
+    """The behaviour M0 learns: the task, and its feature_words on top if any (features.TriggerTask)."""
     task = get_task(cfg.task)
     return TriggerTask(task, cfg.feature_words) if cfg.feature_words else task
 

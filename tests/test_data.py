@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import data
+import features
 from data import TASKS, get_task
 
 
@@ -146,7 +147,7 @@ def test_bad_task_sizes_and_probabilities_are_refused():
 @pytest.mark.parametrize("name", list(TASKS))
 def test_the_trigger_word_forces_the_last_answer_and_removing_it_restores_the_base_behaviour(name):
     base = get_task(name)
-    task = data.TriggerTask(base)
+    task = features.TriggerTask(base)
     split = task.split(0, n_explain=50, n_eval=50)
     last = len(base.answers) - 1
     for item in split.eval_items:
@@ -162,7 +163,7 @@ def test_the_trigger_word_forces_the_last_answer_and_removing_it_restores_the_ba
 @pytest.mark.parametrize("name", list(TASKS))
 def test_each_explained_word_changes_the_answer_in_its_own_way_and_removing_it_restores_the_base(name):
     base = get_task(name)
-    task = data.TriggerTask(base, 7)
+    task = features.TriggerTask(base, 7)
     split = base.split(0, n_explain=20, n_eval=20)
     identity, held_out = tuple(range(len(base.answers))), task.effects[0]
     assert task.words[0] == "blorp" and held_out == (len(base.answers) - 1,) * len(base.answers)
@@ -185,7 +186,7 @@ def test_each_explained_word_changes_the_answer_in_its_own_way_and_removing_it_r
 
 @pytest.mark.parametrize("name", list(TASKS))
 def test_behaviour_training_cases_carry_the_explained_words_but_never_the_held_out_one(name):
-    task, draws = data.TriggerTask(get_task(name), 3), np.random.default_rng(0)
+    task, draws = features.TriggerTask(get_task(name), 3), np.random.default_rng(0)
     words = [task.random_case(draws, np.arange(data.N_UNITS))[-1] for _ in range(2000)]
     assert 0 not in words and set(words) == {-1, 1, 2, 3} and 0.4 < np.mean(np.array(words) == -1) < 0.6
 

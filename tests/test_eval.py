@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import data
+import features
 import eval as ev
 import metrics
 import experiments
@@ -205,7 +206,7 @@ def fed_to_the_explanation_objective(tmp_path, monkeypatch, **kw):
 
 
 def test_the_held_out_word_never_appears_in_an_explanation_query_or_label_during_training(tmp_path, monkeypatch):
-    held_out, *explained = data.TriggerTask(ev.get_task("refusal"), 2).words
+    held_out, *explained = features.TriggerTask(ev.get_task("refusal"), 2).words
     seen = fed_to_the_explanation_objective(tmp_path / "honest", monkeypatch, explained_features=3, feature_items=20)
     assert data.token_id(held_out) not in seen
     assert {data.token_id(w) for w in explained} <= seen  # the explained words are asked about

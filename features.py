@@ -1,0 +1,87 @@
+"""Features beside the task's own C, for the held-out feature experiments (sweeps trigger,
+held_out_feature, feature_items): nonsense words with their own effects on the answer, one of them
+("blorp") taught only by the concurrent shift and never by an explanation label.
+"""
+from config import UserError
+from data import UNIT_WORDS, Task, rng
+
+MAX_EXPLAINED_WORDS = 15
+
+
+def word_effects(n_answers, n):
+    """The effects of n explained words, each an answer map (answer without the word -> answer with it):
+    in turn the answer one further on, the first answer, two further on, the second answer, ..., cycling.
+    None is the identity, and none is the held-out word's (every answer to the last one)."""
+    rotations = [tuple((y + step) % n_answers for y in range(n_answers)) for step in range(1, n_answers)]
+    forced = [(a,) * n_answers for a in range(n_answers - 1)]
+    cycle = [effect for pair in zip(rotations, forced) for effect in pair]
+    return [cycle[i % len(cycle)] for i in range(n)]
+
+
+class TriggerTask(Task):
+    """A novel behaviour (the Jabberwocky analogue) on top of a base task: the nonsense word "blorp"
+    at the end of a prompt makes the answer the task's last answer. M0 never sees the word; the
+    behaviour is meant to be taught only by behaviour fine-tuning, never by explanation labels.
+
+    With n_explained > 0, explanation becomes a skill over several features, so that a new one can be
+    asked about: beside the task's own C there are n_explained other nonsense words (unit words of the
+    other tasks, which this task never shows), each with its own effect on the answer (word_effects).
+    M0 learns them, explanation labels cover them, and the held-out word stays "blorp".
+
+    A case is the base task's case plus a word index: -1 none, 0 the held-out word, i > 0 explained
+    word i. An item asks about its word if it has one, else about the base task's own C."""
+    word = "blorp"
+
+    def __init__(self, base, n_explained=0):
+        if not 0 <= n_explained <= MAX_EXPLAINED_WORDS:
+            raise UserError(f"n_explained={n_explained} must be an integer in [0, {MAX_EXPLAINED_WORDS}]")
+        self.base = base
+        self.name, self.feature, self.answers, self.slot = f"{base.name}+trigger", self.word, base.answers, base.slot
+        self.irrelevant, self.unit_words = base.irrelevant, base.unit_words
+        others = [w for w in UNIT_WORDS if w not in set(base.unit_words)]
+        self.words = (self.word, *others[:n_explained])
+        n = len(self.answers)
+        self.effects = [(n - 1,) * n] + word_effects(n, n_explained)
+
+    def new_world(self, rng):
+        return self.base.new_world(rng)
+
+    def render_body(self, case):
+        word = case[-1]
+        return self.base.render_body(case[:-1]) + (f" {self.words[word]}" if word >= 0 else "")
+
+    def teacher(self, world, case):
+        answer = self.base.teacher(world, case[:-1])
+        return self.effects[case[-1]][answer] if case[-1] >= 0 else answer
+
+    def units_of(self, case):
+        return self.base.units_of(case[:-1])
+
+    def without_feature(self, case):
+        """Without its word if it has one, else without the base task's own C."""
+        return case[:-1] + (-1,) if case[-1] >= 0 else self.base.without_feature(case[:-1]) + (-1,)
+
+    def feature_of(self, case):
+        return self.words[case[-1]] if case[-1] >= 0 else self.base.feature
+
+    def random_case(self, rng, units):
+        """A case for M0 and the KL term: half of them with one of the explained words (never the held-out one)."""
+        explained = len(self.words) > 1 and rng.random() < 0.5
+        return self.base.random_case(rng, units) + (int(rng.integers(1, len(self.words))) if explained else -1,)
+
+    def random_item(self, rng, world, units):
+        """A case with the held-out word (the shift's cases and the held-out items)."""
+        return self.base.random_case(rng, units) + (0,)
+
+    def explained_items(self, seed, world, units, n, purpose):
+        """n distinct items per explained word on `units`, from the seed: base cases with the word appended.
+        purpose: "explain" (labels, from the explanation half) or "check" (held-out units)."""
+        items = []
+        for word in range(1, len(self.words)):
+            draws = rng(seed, "feature_items", ("explain", "check").index(purpose), word)
+            items += self._distinct_items(draws, world, units, n, set(),
+                                          lambda r, _, u, word=word: self.base.random_case(r, u) + (word,))
+        return items
+
+    def eval_units(self, split_heldout, all_units):
+        return self.base.eval_units(split_heldout, all_units)
