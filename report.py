@@ -223,7 +223,7 @@ def failures_table(groups):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Sweeps: one knob varied (experiments.SWEEPS describes each)
+# Sweeps: one knob varied (suites.SWEEPS describes each)
 
 EXTRA_NAMES = {"orig_other": "Orig-other", "gap_other": "Self - Orig-other",
                "family_agreement": "labels agree across families", "shift_learned": "shift learned",

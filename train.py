@@ -280,7 +280,7 @@ def pretrain_loss(model, task, world, cfg: PretrainConfig, step):
 def m0_path(cfg: PretrainConfig, runs_dir=None):
     """Where M0 of these settings is saved: one checkpoint per variant (named by a digest of its science
     settings), so a variant and the default model of the same seed never overwrite each
-    other; and one per thread count, as another count rounds differently (a new draw, experiments.draw)."""
+    other; and one per thread count, as another count rounds differently (a new draw, suites.draw)."""
     digest = hashlib.sha1(json.dumps(science(cfg), sort_keys=True).encode()).hexdigest()[:8]
     threads = "" if cfg.threads == 1 else f"_threads{cfg.threads}"
     return os.path.join(runs_dir or RUNS_DIR, "checkpoints", cfg.task, f"seed{cfg.seed}", f"m0_{digest}{threads}.pt")

@@ -117,7 +117,7 @@ def test_the_verdict_table_judges_each_task_by_verdict_tracking_not_by_the_gap_a
 
 
 def test_the_held_out_feature_sweep_tables_the_untrained_model_and_the_explained_words(tmp_path):
-    from experiments import SWEEPS
+    from suites import SWEEPS
     sweep = SWEEPS["held_out_feature"]
     final = {"gap": 0.1, "self": 0.6, "orig": 0.5, "agreement": 0.3, "n_flipped": 600, "malformed": 0.05,
              "blind_gap": 0.02, "tracking": 0.4, "verdict_tracking": 0.4, "self_flipped": 0.5, "orig_flipped": 0.1, "shift_learned": 1.0,
@@ -136,7 +136,7 @@ def test_the_held_out_feature_sweep_tables_the_untrained_model_and_the_explained
 
 
 def test_the_new_behaviour_table_reads_the_held_out_word_and_the_untrained_model():
-    from experiments import SWEEPS
+    from suites import SWEEPS
 
     def run(k, seed, balanced):
         final = {"self": 0.5, "orig": 0.25, "self_flipped": 0.75, "balanced_self": balanced, "malformed": 0.0,
