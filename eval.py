@@ -17,17 +17,16 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
-from config import (SEED_MAX, Parser, UserError, add_config_flags, check_ranges, check_writable, config_from_flags, option, run_command,
-                    differences, from_dict, science)
+from config import (SEED_MAX, Parser, UserError, add_config_flags, check_ranges, check_writable, config_from_flags,
+                    differences, from_dict, option, run_command, science)
 from data import N_UNITS, TASKS, get_task, rng
 from explain import (add_label_noise, answers_with_c, behaviour, current_labels, explain, explanation_data,
                      labels_from_behaviour, mean_or_nan, mix_labels, pair_cases)
 from features import MAX_EXPLAINED_WORDS, TriggerTask
 from metrics import coupling_metrics, failure_kind
 from model import pick_device
-from train import (REPO, ExplainConfig, PretrainConfig, active_phase, behaviour_accuracy,
-                   case_logprobs, explainer_from, kl_to_reference, m0_path, pretrain, provenance, save_checkpoint,
-                   train_explainer, write_json)
+from train import (REPO, ExplainConfig, PretrainConfig, active_phase, behaviour_accuracy, case_logprobs, explainer_from,
+                   kl_to_reference, m0_path, pretrain, provenance, save_checkpoint, train_explainer, write_json)
 import train
 
 REFERENCE = os.path.join(REPO, "results")  # the published reference: read, never written by a user's command
@@ -282,11 +281,8 @@ class Validation:
         self.task, self.items, self.labels = task, items, current_labels(m0, task, items)[0]
         self.best, self.best_index, self.best_state = -1.0, None, None
 
-    def accuracy(self, model):
-        return mean_or_nan(explain(model, self.task, self.items).matches(self.labels))
-
     def __call__(self, index, model):
-        accuracy = self.accuracy(model)
+        accuracy = mean_or_nan(explain(model, self.task, self.items).matches(self.labels))
         if accuracy > self.best:
             self.best, self.best_index = accuracy, index
             self.best_state = {name: value.detach().clone() for name, value in model.state_dict().items()}
