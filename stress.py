@@ -7,13 +7,12 @@ The paper shifted behaviour gently and trained on clean labels. Here, per task, 
 Every point of a map is a run with the main result's settings (with KL) except those knobs. A run is
 judged at its final evaluation, or for an oscillating shift at the one just before it shifts back
 (step back_at), when the shift is at its largest. A run is *coupled* when its behaviour held (task
-accuracy on held-out pairs, against the teacher of the world the shift aims at, at least 0.8), Self > Orig
-and verdict tracking > 0.5: the rule no input-blind or C-blind explainer can pass (metrics.is_coupled). A point's verdict:
-collapsed (mean task accuracy below 0.8), coupled (at least half its runs couple) or fails.
+accuracy on held-out pairs, against the teacher of the world the shift aims at, at least 0.8) and
+metrics.is_coupled holds. A point's verdict: collapsed (mean task accuracy below 0.8), coupled (at least
+half its runs couple) or fails.
 
 The boundary of a line (a map's row or column) is where its coupled rate first falls (or rises) through
-one half: between the two neighbouring levels on either side, placed by linear interpolation of the
-rate; its interval spans those two levels, widened by a bootstrap over the runs at each level.
+one half (BOUNDARIES_TEXT says how it is placed).
 
 Runs are spent where the verdict is uncertain, in rounds, each round deciding from the results so far:
     1. one seed at the coarse levels of each line (its ends and its middle, or the task's default size);
@@ -28,8 +27,7 @@ With --dense every point of every map gets three seeds (a GPU or a long night).
     python stress.py --dense            every point of every map, three seeds each
     python stress.py point --task refusal --shift-size 0.15 --label-noise 0.3 --seeds 0-2
                                         one point of your own added to the maps
-    python stress.py probes             adversarial probes of the main setting's explainers and the two-hop
-                                        task (5 seeds each), in your STRESS.md
+    python stress.py probes             the main setting's explainers probed (probes.py), in your STRESS.md
     python stress.py report             runs/STRESS.md again from your saved results
     python stress.py publish            maintainers: your stress results into the reference, STRESS.md rebuilt
 """
@@ -370,6 +368,11 @@ def draw_stress_figures(table, lines, found, figures_dir):
     return figures, bool(oscillating)
 
 
+BOUNDARIES_TEXT = """Where each line's coupled rate first crosses one half, linearly interpolated between the two levels
+around it; the interval spans those levels, widened by a bootstrap over the runs at each level. Lines
+marked "one seed" locate the change on the grid only."""
+
+
 def write_stress_report(results, path, figures_dir, command):
     """STRESS.md: the boundaries, both maps with every point's runs, the oscillating shift's curves and,
     when their runs exist, the probes; returns the README's lines."""
@@ -400,9 +403,7 @@ changes, and {SEEDS_AT_BOUNDARY} seeds on both levels next to each reported boun
 
 ## Boundaries
 
-Where each line's coupled rate first crosses one half, linearly interpolated between the two levels
-around it; the interval spans those levels, widened by a bootstrap over the runs at each level. Lines
-marked "one seed" locate the change on the grid only.
+{BOUNDARIES_TEXT}
 
 {boundaries_table(texts)}
 
