@@ -1,0 +1,30 @@
+"""The layout the README promises: imports run one way along its chain, and no file outgrows a reading."""
+import ast
+import glob
+import os
+import re
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def local_imports(path, modules):
+    tree = ast.parse(open(path).read())
+    names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    names |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    return names & modules
+
+
+def test_imports_run_one_way_along_the_readmes_chain():
+    readme = open(os.path.join(REPO, "README.md")).read()
+    chain_text = re.search(r"Imports run one way, `([^`]+)`", readme.replace("\n", " ")).group(1)
+    chain = [name.strip() for name in chain_text.split("->")]
+    modules = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "*.py"))} - {"bench"}
+    assert set(chain) == modules  # every module has its place
+    for position, name in enumerate(chain):
+        later = local_imports(os.path.join(REPO, f"{name}.py"), modules) - set(chain[:position])
+        assert not later, f"{name} imports {later}, which come after it"
+
+
+def test_no_module_is_longer_than_500_lines():
+    for path in glob.glob(os.path.join(REPO, "*.py")):
+        assert len(open(path).read().splitlines()) <= 500, path
