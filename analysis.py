@@ -14,7 +14,7 @@ import train
 from config import UserError
 from data import get_task
 from eval import RunConfig, config_from_dict, explainer_path, held_out, read_result
-from explain import (answers_with_c, behaviour, current_labels, explain, explanation_query, explanation_text,
+from explain import (answers_with_c, behaviour, current_labels, explanation_query, explanations_of, explanation_text,
                      generate_explanations, labels_from_behaviour, malformed_kind, parse_leniently, probe_explainer, read_explanations)
 from metrics import coupling_metrics
 from model import GPT, GPTConfig, pick_device
@@ -87,7 +87,7 @@ def show(cfg: RunConfig, n=3, runs_dir=None, out=print):
     _, _, _, probed, items, m0, model = saved_run(path, runs_dir, cfg.pretrain.device)
     (m0_with, m0_without), (now_with, now_without) = behaviour(m0, probed, items), behaviour(model, probed, items)
     frozen, current = labels_from_behaviour(m0_with, m0_without), labels_from_behaviour(now_with, now_without)
-    explanations = explain(model, probed, items)
+    explanations = explanations_of(model, probed, items)
     flipped = ~current.matches(frozen)
     text = lambda labels, i: ("malformed" if labels.changed[i] < 0 else
                               explanation_text(probed, labels.changed[i], labels.answer[i]).strip())

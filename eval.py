@@ -20,9 +20,9 @@ import numpy as np
 from config import (SEED_MAX, Parser, UserError, add_config_flags, check_ranges, check_writable, config_from_flags,
                     differences, from_dict, option, run_command, science)
 from data import N_UNITS, TASKS, get_task, rng
-from explain import (add_label_noise, answers_with_c, behaviour, current_labels, explain, explanation_data,
+from explain import (add_label_noise, answers_with_c, behaviour, current_labels, explanation_data, explanations_of,
                      labels_from_behaviour, mean_or_nan, mix_labels, pair_cases)
-from features import MAX_EXPLAINED_WORDS, TriggerTask
+from features import MAX_EXPLAINED_WORDS, TriggerTask, explained, explained_check
 from metrics import coupling_metrics, failure_kind
 from model import pick_device
 from train import (REPO, ExplainConfig, PretrainConfig, active_phase, behaviour_accuracy, case_logprobs, explainer_from,
@@ -199,38 +199,12 @@ def check_feasible(cfg: RunConfig):
     return task, split
 
 
-def explained(cfg: RunConfig, task, split):
-    """(the task the explanation labels are asked through, the explanation items): the task's own C on
-    the explanation items or, with explained_features > 1, the same items and feature_items more per
-    explained nonsense word, all on the explanation half of the units. The held-out word is never among
-    them."""
-    if cfg.explained_features == 1:
-        return task, split.explain_items
-    words = TriggerTask(task, cfg.explained_features - 1)
-    try:
-        word_items = words.explained_items(cfg.seed, split.world, split.explain_units, cfg.feature_items, "explain")
-    except UserError as err:
-        raise UserError(f"feature_items={cfg.feature_items} asks for more than the task has: {err}") from None
-    return words, [item + (-1,) for item in split.explain_items] + word_items
-
-
 def held_out(cfg: RunConfig, task, split):
     """(the task the explanations are asked about, the held-out items): the task's own feature C or, with
     the shift "trigger", a nonsense word that only the concurrent shift teaches and no label mentions."""
     if cfg.shift == "trigger":
         return TriggerTask(task, cfg.explained_features - 1), [item + (0,) for item in split.eval_items]
     return task, split.eval_items
-
-
-CHECK_ITEMS = 100  # per explained word: items on held-out units that check the explanations of the words labelled
-
-
-def explained_check(cfg: RunConfig, probed, split):
-    """Items that ask about the explained nonsense words on held-out units (none with explained_features=1):
-    is the skill learnt on the features the labels cover, where the held-out word is not?"""
-    if cfg.explained_features == 1:
-        return []
-    return probed.explained_items(cfg.seed, split.world, split.heldout_units, CHECK_ITEMS, "check")
 
 
 def shift_schedule(cfg: RunConfig, task, probed, split):
@@ -281,8 +255,11 @@ class Validation:
         self.task, self.items, self.labels = task, items, current_labels(m0, task, items)[0]
         self.best, self.best_index, self.best_state = -1.0, None, None
 
+    def accuracy(self, model):
+        return mean_or_nan(explanations_of(model, self.task, self.items).matches(self.labels))
+
     def __call__(self, index, model):
-        accuracy = mean_or_nan(explain(model, self.task, self.items).matches(self.labels))
+        accuracy = self.accuracy(model)
         if accuracy > self.best:
             self.best, self.best_index = accuracy, index
             self.best_state = {name: value.detach().clone() for name, value in model.state_dict().items()}
@@ -301,8 +278,7 @@ class Evaluator:
     def __init__(self, cfg, split, m0, phases, shifted, other=None, log=print):
         task = get_task(cfg.task)
         self.cfg, self.phases, self.log = cfg, phases, log
-        self.probed, self.items = held_out(cfg, task, split)
-        probed, items = self.probed, self.items
+        self.probed, self.items = probed, items = held_out(cfg, task, split)
         self.checks = explained_check(cfg, probed, split)
         self.validation = Validation(task, split.validation_items, m0) if cfg.validation else None
         self.checks_original = current_labels(m0, probed, self.checks)[0] if self.checks else None
@@ -317,7 +293,7 @@ class Evaluator:
 
     def __call__(self, step, model, losses):
         current, logp = current_labels(model, self.probed, self.items)
-        explanations = explain(model, self.probed, self.items)
+        explanations = explanations_of(model, self.probed, self.items)
         metrics = coupling_metrics(explanations, current, self.original, answers_with_c(logp), self.shifted)
         phase = active_phase([p.start for p in self.phases], max(step - 1, 0))  # what the last step trained
         metrics.update(step=step, seconds=round(time.time() - self.t0, 2), **losses,
@@ -332,7 +308,7 @@ class Evaluator:
         if self.validation:
             metrics["validation"] = self.validation(len(self.curve), model)
         if self.checks:
-            said = explain(model, self.probed, self.checks)
+            said = explanations_of(model, self.probed, self.checks)
             metrics.update(explained_self=mean_or_nan(said.matches(current_labels(model, self.probed, self.checks)[0])),
                            explained_orig=mean_or_nan(said.matches(self.checks_original)),
                            explained_malformed=mean_or_nan(said.changed < 0))
@@ -400,10 +376,10 @@ def explainer_path(result_path):
 # Result files and the command line of one run
 
 RESULT_KEYS = ("config", "provenance", "m0", "data", "baseline", "final", "curve", "failure", "seconds")
-EVALUATION_KEYS = ("step", "self", "orig", "gap", "n_flipped", "self_flipped", "orig_flipped", "agreement",
-                   "malformed", "task_accuracy", "shift_learned", "n_became_changed", "self_became_changed",
-                   "n_became_unchanged", "self_became_unchanged", "tracking", "verdict_tracking", "balanced_self",
-                   "self_unflipped", "blind_gap", "c_blind_gap")
+EVALUATION_KEYS = ("step", "self", "orig", "gap", "n_flipped", "self_flipped", "orig_flipped", "agreement", "malformed",
+                   "task_accuracy", "shift_learned", "n_became_changed", "self_became_changed", "n_became_unchanged",
+                   "self_became_unchanged", "tracking", "verdict_tracking", "balanced_self", "self_unflipped",
+                   "blind_gap", "c_blind_gap")
 
 
 def read_result(path):

@@ -145,7 +145,7 @@ def read_explanations(task, texts, parse=parse_explanation):
     return Labels(np.array([p[0] for p in parsed], dtype=int), np.array([p[1] for p in parsed], dtype=int))
 
 
-def explain(model, task, items, query=QUERY):
+def explanations_of(model, task, items, query=QUERY):
     """The model's own explanations of the items, generated greedily and read back (strictly) into Labels."""
     return read_explanations(task, generate_explanations(model, task, items, query))
 
@@ -225,14 +225,14 @@ def probe_explainer(model, task, items, original):
     def scored(explanations, truth, mask=None):
         return row(explanations.matches(truth), explanations.changed < 0, mask)
 
-    plain = explain(model, task, items)
+    plain = explanations_of(model, task, items)
     rows = {"training query": scored(plain, current)}
     for i, query in enumerate(PARAPHRASES, 1):
-        rows[f"paraphrase {i}"] = scored(explain(model, task, items, query), current)
-    control = explain(model, task, items, QUERY.replace("{feature}", task.irrelevant))
+        rows[f"paraphrase {i}"] = scored(explanations_of(model, task, items, query), current)
+    control = explanations_of(model, task, items, QUERY.replace("{feature}", task.irrelevant))
     rows["control: irrelevant word removed"] = scored(control, Labels(np.zeros_like(with_c), with_c))
     suggested = wrong_explanations(task, current, with_c)
-    leading = explain(model, task, items, leading_queries(task, suggested))
+    leading = explanations_of(model, task, items, leading_queries(task, suggested))
     rows["leading: wrong explanation suggested"] = {**scored(leading, current),
                                                    "follows_suggestion": mean_or_nan(leading.matches(suggested))}
     rows["C present, now ignored, M0 followed it"] = scored(plain, current, (current.changed == 0) & (original.changed == 1))

@@ -1,6 +1,7 @@
 """Features beside the task's own C, for the held-out feature experiments (sweeps trigger,
 held_out_feature, feature_items): nonsense words with their own effects on the answer, one of them
-("blorp") taught only by the concurrent shift and never by an explanation label.
+("blorp") taught only by the concurrent shift and never by an explanation label; the items that ask
+about the labelled words, for training on the explanation half and for checking on held-out units.
 """
 from config import UserError
 from data import UNIT_WORDS, Task, rng
@@ -85,3 +86,29 @@ class TriggerTask(Task):
 
     def eval_units(self, split_heldout, all_units):
         return self.base.eval_units(split_heldout, all_units)
+
+
+def explained(cfg, task, split):
+    """(the task the explanation labels are asked through, the explanation items): the task's own C on
+    the explanation items or, with explained_features > 1, the same items and feature_items more per
+    explained nonsense word, all on the explanation half of the units. The held-out word is never among
+    them."""
+    if cfg.explained_features == 1:
+        return task, split.explain_items
+    words = TriggerTask(task, cfg.explained_features - 1)
+    try:
+        word_items = words.explained_items(cfg.seed, split.world, split.explain_units, cfg.feature_items, "explain")
+    except UserError as err:
+        raise UserError(f"feature_items={cfg.feature_items} asks for more than the task has: {err}") from None
+    return words, [item + (-1,) for item in split.explain_items] + word_items
+
+
+CHECK_ITEMS = 100  # per explained word: items on held-out units that check the explanations of the words labelled
+
+
+def explained_check(cfg, probed, split):
+    """Items that ask about the explained nonsense words on held-out units (none with explained_features=1):
+    is the skill learnt on the features the labels cover, where the held-out word is not?"""
+    if cfg.explained_features == 1:
+        return []
+    return probed.explained_items(cfg.seed, split.world, split.heldout_units, CHECK_ITEMS, "check")

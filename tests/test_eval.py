@@ -222,7 +222,7 @@ def test_the_held_out_word_never_appears_in_an_explanation_query_or_label_during
 
 def test_explained_features_label_more_words_and_check_them_on_held_out_units(tmp_path):
     result = tiny_run(tmp_path, shift="trigger", explained_features=3, feature_items=20)
-    assert result["data"]["n_explain_items"] == 40 + 2 * 20 and result["data"]["n_check_items"] == 2 * ev.CHECK_ITEMS
+    assert result["data"]["n_explain_items"] == 40 + 2 * 20 and result["data"]["n_check_items"] == 2 * features.CHECK_ITEMS
     assert result["data"]["n_shifted_units"] == 0 and result["data"]["n_shift_cases"] > 0
     for key in ("explained_self", "explained_orig", "explained_malformed"):
         assert 0 <= result["final"][key] <= 1

@@ -1,10 +1,8 @@
 import os
-from dataclasses import asdict
 
 import pytest
 import torch
 
-import config
 from config import UserError
 import train
 from data import TASKS, TOKENIZER, unit_token_ids
