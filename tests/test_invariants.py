@@ -4,8 +4,9 @@ The explanation labels are M0's, computed once with their noise and never refres
 stays one its source could produce; the shift moves only held-out units, trains each of its cases towards
 the new answer, and the KL term never holds a shifted unit; each evaluation scores task accuracy against
 the world the last trained step used, Self against the current labels and Orig against the frozen ones;
-the input-blind bound searches every constant explanation; a run with no gap is not coupled; and a run's
-file name covers every science setting.
+the input-blind bound searches every constant explanation; a run with no gap is not coupled; a run's
+file name covers every science setting; and the held-out word is never pretrained on, is what a trigger
+run's held-out items ask about, while the labelled words are checked on held-out units.
 """
 from dataclasses import fields, is_dataclass, replace
 from types import SimpleNamespace
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 
 import eval as ev
 import experiments as ex
+import features
 import metrics
 import train
 from data import encode, get_task, rng, token_id
@@ -318,3 +320,48 @@ def test_every_science_setting_names_its_own_result_file_and_runtime_settings_do
             else:
                 assert saved_as(config) != saved_as(base), path
     assert untested == {("pretrain", "task"), ("pretrain", "seed"), ("pretrain", "feature_words")}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The held-out feature: the word no label names is asked about, and only the shift ever teaches it
+
+def trigger_pieces(explained_features=3):
+    cfg = ev.RunConfig(task="hint", seed=4, shift="trigger", explained_features=explained_features,
+                       feature_items=20, n_explain=60, n_eval=60)
+    task, split = ev.check_feasible(cfg)
+    return cfg, task, split
+
+
+def test_m0_pretrains_on_the_explained_words_but_never_on_the_held_out_one(monkeypatch, tmp_path):
+    seen, loss, pad = set(), train.pretrain_loss, train.GPT.pad
+
+    def recording(model, task, world, cfg, step):
+        monkeypatch.setattr(train.GPT, "pad", lambda self, sequences: (
+            seen.update(t for s in sequences for t in s), pad(self, sequences))[1])
+        try:
+            return loss(model, task, world, cfg, step)
+        finally:
+            monkeypatch.setattr(train.GPT, "pad", pad)
+    monkeypatch.setattr(train, "pretrain_loss", recording)
+    cfg = ev.RunConfig(task="hint", shift="trigger", explained_features=3).pretrain
+    train.pretrain(replace(cfg, steps=4, batch_size=64, n_embd=16, n_head=2), str(tmp_path / "m0.pt"),
+                   log=lambda *a: None)
+    held_out, *explained = features.TriggerTask(get_task("hint"), 2).words
+    assert token_id(held_out) not in seen and {token_id(w) for w in explained} <= seen
+
+
+def test_a_trigger_runs_held_out_items_ask_about_the_held_out_word():
+    cfg, task, split = trigger_pieces()
+    probed, items = ev.held_out(cfg, task, split)
+    assert len(items) == len(split.eval_items)
+    assert all(f"if the {features.TriggerTask.word} were removed" in explanation_query(probed, item) for item in items)
+
+
+def test_the_labelled_words_are_checked_on_held_out_units_only():
+    cfg, task, split = trigger_pieces()
+    probed, _ = ev.held_out(cfg, task, split)
+    checks = ev.explained_check(cfg, probed, split)
+    units = {u for item in checks for u in probed.units_of(item)}
+    assert checks and units <= set(split.heldout_units.tolist()) and not units & set(split.explain_units.tolist())
+    asked = {probed.feature_of(item) for item in checks}
+    assert asked == set(probed.words[1:])  # every labelled word, never the held-out one
