@@ -8,9 +8,8 @@ to know what the sequences say; explain.py builds them and eval.py runs the expe
 
 Every step's batch is drawn from a generator seeded by (seed, step), so a run resumed from a checkpoint
 sees exactly the batches an uninterrupted run would have seen. Each stage's settings are a dataclass
-whose fields are also the command line's flags; its science settings (all but the runtime ones: device,
-threads, checkpoint interval) are a run's identity, so M0 is saved once per variant, under
-runs/checkpoints/ (m0_path), and resumes on another device or thread count.
+whose fields are the command line's flags; its science settings (all but device, threads, checkpoint
+interval) are a run's identity, so M0 is saved once per variant (m0_path) and resumes on another device.
 
 Pretrain M0 from the command line:  python train.py --task hint --seed 0
 """
@@ -180,10 +179,6 @@ class PretrainConfig:
                              f"(rotary embeddings rotate pairs)")
 
 
-# Fields PretrainConfig no longer has, with the value that computed what the code computes now: a
-# checkpoint saved with another value was made by code that is gone, and is never resumed.
-
-
 def behaviour_task(cfg: PretrainConfig):
     """The behaviour M0 learns: the task, and its feature_words on top if any (features.TriggerTask)."""
     task = get_task(cfg.task)
@@ -286,6 +281,23 @@ def m0_path(cfg: PretrainConfig, runs_dir=None):
     return os.path.join(runs_dir or RUNS_DIR, "checkpoints", cfg.task, f"seed{cfg.seed}", f"m0_{digest}{threads}.pt")
 
 
+def resume(path, cfg: PretrainConfig, model, optimizer, device):
+    """Load a pretraining checkpoint of these very science settings (runtime ones may differ) into model
+    and optimizer; returns (its step, seconds spent so far, its report if it is finished)."""
+    ckpt = load_checkpoint(path, device)
+    if ckpt["optimizer"] is None or "batch_size" not in ckpt["config"]:
+        raise UserError(f"checkpoint {path} is not a pretraining checkpoint of M0 (a final explainer?); "
+                        f"choose another path")
+    differ = [f"{name} {ckpt['config'].get(name)!r} there, {value!r} here" for name, value in science(cfg).items()
+              if ckpt["config"].get(name) != value]
+    if differ:
+        raise UserError(f"checkpoint {path} was made with another config ({', '.join(differ)}); delete "
+                        f"it or choose another output path")
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    return ckpt["step"], ckpt["seconds"], ckpt.get("report")
+
+
 def pretrain(cfg: PretrainConfig, path, log=print):
     """Train M0 (or resume it from `path`); returns (model, report dict). Checkpoints atomically every
     checkpoint_every steps; logs a progress line every LOG_EVERY steps and at the end."""
@@ -294,22 +306,10 @@ def pretrain(cfg: PretrainConfig, path, log=print):
     world = task_world(get_task(cfg.task), cfg)
     model = new_model(cfg, device)
     optimizer = new_optimizer(model, cfg.lr)
-    start, elapsed = 0, 0.0
-    if os.path.exists(path):
-        ckpt = load_checkpoint(path, device)
-        if ckpt.get("optimizer") is None or "batch_size" not in ckpt["config"]:
-            raise UserError(f"checkpoint {path} is not a pretraining checkpoint of M0 (a final explainer?); "
-                            f"choose another path")
-        differ = [f"{name} {ckpt['config'].get(name)!r} there, {value!r} here" for name, value in science(cfg).items()
-                  if ckpt["config"].get(name) != value]  # runtime settings may differ: resume on another device
-        if differ:
-            raise UserError(f"checkpoint {path} was made with another config ({', '.join(differ)}); delete "
-                             f"it or choose another output path")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start, elapsed = ckpt["step"], ckpt.get("seconds", 0.0)
-        if start >= cfg.steps:
-            return model, ckpt["report"]
+    start, elapsed, report = resume(path, cfg, model, optimizer, device) if os.path.exists(path) else (0, 0.0, None)
+    if report:
+        return model, report
+    if start:
         log(f"resuming {path} at step {start}")
     t0, lower = time.time(), f"the learning rate (now {cfg.lr})"
     model.train()
