@@ -197,8 +197,16 @@ def run_suites(suites, jobs=1):
 # ---------------------------------------------------------------------------------------------------------
 # Reports: yours beside the reference, and the reference itself
 
-def reference_main():
-    return current_main_runs(load_results(os.path.join(store(reference=True), "main")))
+def reference_main(experiment="main"):
+    return current_main_runs(load_results(os.path.join(store(reference=True), experiment)))
+
+
+def reference_draw(mine):
+    """The reference's draw to put your runs beside: the one made with your thread count if it is
+    published (on the reference's machine the very same runs), else the first."""
+    threads = {r["config"]["pretrain"]["threads"] for r in mine}
+    same = draw("main", threads.pop()) if len(threads) == 1 else "main"
+    return same if os.path.isdir(os.path.join(store(reference=True), same)) else "main"
 
 
 def saved_sweeps(root):
@@ -214,14 +222,14 @@ def report_yours(mine, command):
     if not (mine or sweeps or directions):
         raise UserError(f"no results of yours to report under {store()} (main, directions or a sweep); run "
                         f"`make quick` or `make reproduce` first")
-    tasks = {r["config"]["task"] for r in mine}
-    reference = [r for r in reference_main() if r["config"]["task"] in tasks]
+    tasks, drawn = {r["config"]["task"] for r in mine}, reference_draw(mine)
+    reference = [r for r in reference_main(drawn) if r["config"]["task"] in tasks]
     compared = comparison(mine, reference) if mine else ""
     path = os.path.join(train.RUNS_DIR, "REPORT.md")
     write_report(mine, path, os.path.join(train.RUNS_DIR, "figures"), sweeps=sweeps, compared=compared,
                  command=command, directions=directions)
     if compared:
-        print(f"\nYour numbers beside the reference (results/main):\n\n{compared}")
+        print(f"\nYour numbers beside the reference (results/{drawn}):\n\n{compared}")
     shown = os.path.relpath(path) if path.startswith(os.getcwd()) else path
     print(f"Your report: {shown}. One run's explanations, item by item: make show TASK=hint SEED={QUICK_SEEDS[0]}")
 

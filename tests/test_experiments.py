@@ -318,3 +318,11 @@ def test_another_thread_count_is_a_new_draw_saved_apart_with_its_own_m0(mine, mo
     assert [r["provenance"]["threads"] for r in one + two] == [1, 1, 2, 2]
     m0s = sorted(path.name for path in (mine / "checkpoints").rglob("m0_*.pt"))
     assert len(m0s) == 2 and m0s[1] == m0s[0].replace(".pt", "_threads2.pt")
+
+
+def test_your_runs_are_put_beside_the_reference_draw_of_their_thread_count_where_it_is_published():
+    runs = lambda threads: [{"config": {"pretrain": {"threads": threads}}}]
+    assert ex.reference_draw(runs(1)) == "main"
+    assert ex.reference_draw(runs(2)) == "main_threads2"  # published: the same runs on the reference's machine
+    assert ex.reference_draw(runs(4)) == "main"  # not published
+    assert ex.reference_draw(runs(1) + runs(2)) == "main"

@@ -28,3 +28,15 @@ def test_imports_run_one_way_along_the_readmes_chain():
 def test_no_module_is_longer_than_500_lines():
     for path in glob.glob(os.path.join(REPO, "*.py")):
         assert len(open(path).read().splitlines()) <= 500, path
+
+
+def test_every_published_result_is_one_this_code_reads_and_every_result_folder_is_cited():
+    from eval import read_result
+    results = os.path.join(REPO, "results")
+    for path in glob.glob(os.path.join(results, "**", "*.json"), recursive=True):
+        if not os.path.basename(path).startswith("bench"):
+            read_result(path)  # refused in one line if made by other code
+    cited = "".join(open(os.path.join(REPO, name)).read() for name in ("README.md", "REPORT.md", "STRESS.md"))
+    for folder in sorted(os.listdir(results)):
+        if os.path.isdir(os.path.join(results, folder)):
+            assert f"results/{folder}" in cited, f"results/{folder} is cited by no report"
