@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from config import (SEED_MAX, Parser, UserError, add_config_flags, check_positive, check_ranges,
-                    check_writable, config_from_flags, option, run_command, science)
+                    check_writable, config_from_flags, from_dict, option, run_command, science)
 from data import N_UNITS, TASKS, TOKENIZER, get_task, rng, tokenizer_fingerprint, unit_token_ids
 from features import MAX_EXPLAINED_WORDS, TriggerTask
 from model import DEVICES, GPT, GPTConfig, pick_device, processors
@@ -141,8 +141,7 @@ def write_json(obj, path):
 # Losses shared by both stages
 
 def check_finite(loss, step, stage, lower):
-    """Stop at the first loss that is nan or infinite (every later step would be wasted), saying what to
-    lower."""
+    """Stop at the first nan or infinite loss (every later step would be wasted), saying what to lower."""
     if not torch.isfinite(loss):
         raise UserError(f"{stage}: the loss became {loss.item()} at step {step}; lower {lower}")
 
@@ -285,11 +284,12 @@ def resume(path, cfg: PretrainConfig, model, optimizer, device):
     """Load a pretraining checkpoint of these very science settings (runtime ones may differ) into model
     and optimizer; returns (its step, seconds spent so far, its report if it is finished)."""
     ckpt = load_checkpoint(path, device)
-    if ckpt["optimizer"] is None or "batch_size" not in ckpt["config"]:
-        raise UserError(f"checkpoint {path} is not a pretraining checkpoint of M0 (a final explainer?); "
-                        f"choose another path")
-    differ = [f"{name} {ckpt['config'].get(name)!r} there, {value!r} here" for name, value in science(cfg).items()
-              if ckpt["config"].get(name) != value]
+    try:  # exactly this code's M0 fields: a final explainer's or another code's checkpoint is refused
+        saved = science(from_dict(PretrainConfig, ckpt["config"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(f"checkpoint {path} is not a pretraining checkpoint of M0 ({err}); choose another path") from None
+    differ = [f"{name} {saved[name]!r} there, {value!r} here" for name, value in science(cfg).items()
+              if saved[name] != value]
     if differ:
         raise UserError(f"checkpoint {path} was made with another config ({', '.join(differ)}); delete "
                         f"it or choose another output path")

@@ -69,13 +69,18 @@ def test_missing_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
     assert open(good, "rb").read() == before  # a refused checkpoint is left as it was
 
 
-def test_a_checkpoint_resumes_under_other_runtime_settings_but_not_under_other_science(tmp_path):
+def test_a_checkpoint_resumes_under_other_runtime_settings_but_not_under_other_science_or_fields(tmp_path):
     path = str(tmp_path / "m0.pt")
     _, report = pretrain(small(steps=5), path, log=lambda *a: None)
     _, again = pretrain(small(steps=5, threads=2, checkpoint_every=3, device="cpu"), path, log=lambda *a: None)
     assert again == report  # found finished: the same model, whatever device or thread count asks
     with pytest.raises(ValueError, match=r"another config \(lr 0.005 there, 0.001 here\)"):
         pretrain(small(steps=5, lr=1e-3), path, log=lambda *a: None)
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["config"]["lm_rows"] = 0  # a setting this code does not have, even at a harmless value
+    torch.save(ckpt, path)
+    with pytest.raises(ValueError, match=r"is not a pretraining checkpoint of M0 \(.*lm_rows differ"):
+        pretrain(small(steps=5), path, log=lambda *a: None)
 
 
 @pytest.mark.parametrize("kw, message", [({"task": "maths"}, "task='maths' is unknown"),
