@@ -334,8 +334,8 @@ def comparison(mine, reference):
         if not runs or len(same) == len(runs):
             return verdict(runs) if runs else "no runs"
         return f"{verdict(same) if same else 'no runs'} on your seeds, {verdict(runs)} on its {len(runs)}"
-    lines = [f"- {task}: the bar is {verdict(runs)} here; in the reference: "
-             f"{in_reference(task, {r['config']['seed'] for r in runs})}."
+    lines = [textwrap.fill(f"- {task}: the bar is {verdict(runs)} here; in the reference: "
+                           f"{in_reference(task, {r['config']['seed'] for r in runs})}.", 99, subsequent_indent="  ")
              for (task, regime), runs in mine_groups.items() if regime == "kl"]
     rule = textwrap.fill(f"{RULE_TEXT} {MEASURES_TEXT} n/a: not measured.", 99)
     where = textwrap.fill(f"Yours: computed on {machines(mine)}. Reference: computed on "

@@ -180,6 +180,10 @@ def test_the_comparison_puts_your_numbers_beside_the_reference_and_applies_the_b
     assert "- hint: the bar is met here; in the reference: not met on your seeds, met on its 10." in \
         ex.comparison(mine, ten)
     assert "- hint: the bar is met here; in the reference: met." in ex.comparison(mine, reference[:3])
+    one_seed = ex.comparison(mine[:1], ten)  # the longest verdict line: one seed is undecided on both sides
+    assert "in the reference: undecided (one seed has no interval) on your seeds, met on its 10." in \
+        " ".join(one_seed.split())
+    assert max(map(len, one_seed.splitlines())) <= 100
     assert "Yours: computed on Toaster CPU (avx2 kernels)" in text and "Reference: computed on Big CPU" in text
 
 
