@@ -22,8 +22,8 @@ from config import (SEED_MAX, Parser, UserError, add_config_flags, check_ranges,
 from data import N_UNITS, TASKS, get_task, rng
 from explain import (add_label_noise, answers_with_c, behaviour, current_labels, explanation_data, explanations_of,
                      labels_from_behaviour, mean_or_nan, mix_labels, pair_cases)
-from features import MAX_EXPLAINED_WORDS, TriggerTask, explained, explained_check
-from metrics import coupling_metrics, failure_kind
+from features import MAX_EXPLAINED_WORDS, MAX_UNLABELLED_WORDS, TriggerTask, explained, word_checks
+from metrics import balanced, coupling_metrics, failure_kind
 from model import pick_device
 from train import (REPO, ExplainConfig, PretrainConfig, active_phase, behaviour_accuracy, case_logprobs, explainer_from,
                    kl_to_reference, m0_path, pretrain, provenance, save_checkpoint, train_explainer, write_json)
@@ -77,6 +77,9 @@ class RunConfig:
     explained_features: int = option(1, "with shift=trigger, the features explanation labels cover: the task's "
                                      "C, then nonsense words each with its own effect, which M0 learns; the "
                                      "trigger word stays held out", 1, MAX_EXPLAINED_WORDS + 1)
+    unlabelled_features: int = option(0, "with shift=trigger, nonsense words M0 learns, each with its own effect, "
+                                      "that no explanation label covers; the explanations are asked about them on "
+                                      "held-out units", 0, MAX_UNLABELLED_WORDS)
     feature_items: int = option(300, "explanation items per explained nonsense word (explained_features > 1; "
                                 "the task's C keeps n_explain)", 1, 5000)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -86,7 +89,7 @@ class RunConfig:
         check_ranges(self)
         task = get_task(self.task)
         self.pretrain = replace(self.pretrain, task=self.task, seed=self.seed,
-                                feature_words=self.explained_features - 1)
+                                feature_words=self.explained_features - 1 + self.unlabelled_features)
         if self.shift == "default":
             self.shift = DEFAULT_SHIFT[self.task][0]
         if self.shift_size == -1:
@@ -101,6 +104,12 @@ class RunConfig:
         if self.explained_features > 1 and self.shift != "trigger":
             raise UserError(f"explained_features={self.explained_features} needs shift=trigger (the held-out "
                              f"feature); with shift={self.shift} it must be 1")
+        if self.unlabelled_features and self.shift != "trigger":
+            raise UserError(f"unlabelled_features={self.unlabelled_features} needs shift=trigger (the held-out "
+                             f"feature); with shift={self.shift} it must be 0")
+        if self.explain.shift_in == "word" and self.shift != "trigger":
+            raise UserError(f"shift_in='word' needs shift=trigger (the held-out word's embedding); with "
+                             f"shift={self.shift} use all, units or layers")
         if self.explained_features == 1 and self.feature_items != RunConfig.feature_items:
             raise UserError(f"feature_items={self.feature_items} is used only with explained_features > 1; "
                              f"with explained_features=1 it must be {RunConfig.feature_items}")
@@ -195,7 +204,7 @@ def check_feasible(cfg: RunConfig):
     if cfg.schedule != "none" and cfg.shift != "trigger":
         task.shift(split.world, rng(cfg.seed, "shift_units"), split.heldout_units, cfg.shift_size, cfg.shift)
     explained(cfg, task, split)
-    explained_check(cfg, held_out(cfg, task, split)[0], split)
+    word_checks(held_out(cfg, task, split)[0], cfg.seed, split)
     return task, split
 
 
@@ -203,7 +212,8 @@ def held_out(cfg: RunConfig, task, split):
     """(the task the explanations are asked about, the held-out items): the task's own feature C or, with
     the shift "trigger", a nonsense word that only the concurrent shift teaches and no label mentions."""
     if cfg.shift == "trigger":
-        return TriggerTask(task, cfg.explained_features - 1), [item + (0,) for item in split.eval_items]
+        probed = TriggerTask(task, cfg.explained_features - 1, cfg.unlabelled_features)
+        return probed, [item + (0,) for item in split.eval_items]
     return task, split.eval_items
 
 
@@ -270,8 +280,8 @@ class Evaluator:
     """Called by stage B at every evaluation: E(M_t) from the current behaviour on the held-out pairs
     (held_out), the generated explanations scored against it (Self) and against E(M0) (Orig), the task
     accuracy against the world the last step trained towards, how far the shift is learnt, and the
-    losses. With explained_features > 1 the explained words are asked about on held-out units too
-    (explained_check), scored apart as explained_*; with validation, the explainer is validated on frozen
+    losses. The words M0 learnt, explained or not, are asked about on held-out units too (word_checks),
+    scored apart as explained_* and unlabelled_*; with validation, the explainer is validated on frozen
     labels (Validation, recorded as "validation"). phases, shifted: shift_schedule's; other: the other
     model family, whose labels the explanations are also scored against."""
 
@@ -279,9 +289,9 @@ class Evaluator:
         task = get_task(cfg.task)
         self.cfg, self.phases, self.log = cfg, phases, log
         self.probed, self.items = probed, items = held_out(cfg, task, split)
-        self.checks = explained_check(cfg, probed, split)
+        self.checks = {kind: items for kind, items in word_checks(probed, cfg.seed, split).items() if items}
         self.validation = Validation(task, split.validation_items, m0) if cfg.validation else None
-        self.checks_original = current_labels(m0, probed, self.checks)[0] if self.checks else None
+        self.checks_original = {kind: current_labels(m0, probed, items)[0] for kind, items in self.checks.items()}
         units = set(shifted.tolist())  # the trigger shifts no unit's world: its flips have no unit cause
         self.shifted = np.array([bool(units & set(probed.units_of(i))) for i in items]) if units else None
         self.original, self.m0_logp = current_labels(m0, probed, items)
@@ -307,11 +317,12 @@ class Evaluator:
             metrics["gap_other"] = metrics["self"] - metrics["orig_other"]
         if self.validation:
             metrics["validation"] = self.validation(len(self.curve), model)
-        if self.checks:
-            said = explanations_of(model, self.probed, self.checks)
-            metrics.update(explained_self=mean_or_nan(said.matches(current_labels(model, self.probed, self.checks)[0])),
-                           explained_orig=mean_or_nan(said.matches(self.checks_original)),
-                           explained_malformed=mean_or_nan(said.changed < 0))
+        for kind, items in self.checks.items():  # the words M0 learnt: explained_* and unlabelled_*
+            said, now = explanations_of(model, self.probed, items), current_labels(model, self.probed, items)[0]
+            metrics.update({f"{kind}_self": mean_or_nan(said.matches(now)),
+                            f"{kind}_orig": mean_or_nan(said.matches(self.checks_original[kind])),
+                            f"{kind}_balanced_self": balanced(said.matches(now), now.changed == 1),
+                            f"{kind}_malformed": mean_or_nan(said.changed < 0)})
         self.curve.append(metrics)
         self.log(f"  {self.cfg.task} {self.cfg.name} step {step:4d}: Self {metrics['self']:.3f} Orig "
                  f"{metrics['orig']:.3f} gap {metrics['gap']:+.3f} (input-blind {metrics['blind_gap']:+.3f}, "
@@ -319,7 +330,7 @@ class Evaluator:
                  f"{metrics['tracking']:+.2f} (verdict {metrics['verdict_tracking']:+.2f}) malformed "
                  f"{metrics['malformed']:.2f} | losses: explanation {losses['explain_loss']:.3f} shift "
                  f"{losses['shift_loss']:.3f} KL {losses['kl_loss']:.4f}"
-                 + (f" | explained words: Self {metrics['explained_self']:.3f}" if self.checks else "")
+                 + "".join(f" | {kind} words: Self {metrics[kind + '_self']:.3f}" for kind in self.checks)
                  + (f" | validation {metrics['validation']:.3f}" if self.validation else ""))
 
 
@@ -356,7 +367,8 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=None, log=print):
     result = {"config": asdict(cfg), "provenance": provenance(), "m0": m0_report,
               "n_trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
               "data": {"n_explain_items": len(explain_data), "n_eval_items": len(eval_items),
-                       "n_check_items": len(evaluate.checks), "n_shifted_units": len(shifted),
+                       "n_check_items": len(evaluate.checks.get("explained", [])),
+                       "n_unlabelled_items": len(evaluate.checks.get("unlabelled", [])), "n_shifted_units": len(shifted),
                        "n_shift_cases": len(phases[-1].cases) if phases else 0,
                        "shift_phase_starts": [p.start for p in phases], "n_kl_prompts": len(kl_data),
                        "train_changed_fraction": float(train_labels.changed.mean()), **label_counts},

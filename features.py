@@ -1,12 +1,15 @@
 """Features beside the task's own C, for the held-out feature experiments (sweeps trigger,
-held_out_feature, feature_items): nonsense words with their own effects on the answer, one of them
-("blorp") taught only by the concurrent shift and never by an explanation label; the items that ask
-about the labelled words, for training on the explanation half and for checking on held-out units.
+held_out_feature, feature_items, held_out_arms, word_diversity): nonsense words with their own effects
+on the answer, one of them ("blorp") taught only by the concurrent shift and never by an explanation
+label, and others that M0 learns, labelled or not; the items that ask about those words, for training
+on the explanation half and for checking on held-out units.
 """
 from config import UserError
 from data import UNIT_WORDS, Task, rng
 
-MAX_EXPLAINED_WORDS = 15
+MAX_EXPLAINED_WORDS = 255  # explained_features up to 256: the task's C and 255 words
+MAX_UNLABELLED_WORDS = 8
+MAX_WORDS = MAX_EXPLAINED_WORDS + MAX_UNLABELLED_WORDS  # the words M0 may learn
 
 
 def word_effects(n_answers, n):
@@ -27,22 +30,26 @@ class TriggerTask(Task):
     With n_explained > 0, explanation becomes a skill over several features, so that a new one can be
     asked about: beside the task's own C there are n_explained other nonsense words (unit words of the
     other tasks, which this task never shows), each with its own effect on the answer (word_effects).
-    M0 learns them, explanation labels cover them, and the held-out word stays "blorp".
+    M0 learns them, explanation labels cover them, and the held-out word stays "blorp". n_unlabelled
+    more words, next in the same list and with effects next in the same cycle, are learnt by M0 but
+    covered by no label: a word the explainer must read from behaviour without a shift writing it.
 
-    A case is the base task's case plus a word index: -1 none, 0 the held-out word, i > 0 explained
-    word i. An item asks about its word if it has one, else about the base task's own C."""
+    A case is the base task's case plus a word index: -1 none, 0 the held-out word, 1..n_explained the
+    explained words, then the unlabelled ones. An item asks about its word if it has one, else about
+    the base task's own C."""
     word = "blorp"
 
-    def __init__(self, base, n_explained=0):
-        if not 0 <= n_explained <= MAX_EXPLAINED_WORDS:
-            raise UserError(f"n_explained={n_explained} must be an integer in [0, {MAX_EXPLAINED_WORDS}]")
-        self.base = base
+    def __init__(self, base, n_explained=0, n_unlabelled=0):
+        if not (0 <= n_explained and 0 <= n_unlabelled and n_explained + n_unlabelled <= MAX_WORDS):
+            raise UserError(f"n_explained={n_explained} and n_unlabelled={n_unlabelled} must be integers >= 0 "
+                             f"with a sum of at most {MAX_WORDS}")
+        self.base, self.n_explained = base, n_explained
         self.name, self.feature, self.answers, self.slot = f"{base.name}+trigger", self.word, base.answers, base.slot
         self.irrelevant, self.unit_words = base.irrelevant, base.unit_words
         others = [w for w in UNIT_WORDS if w not in set(base.unit_words)]
-        self.words = (self.word, *others[:n_explained])
+        self.words = (self.word, *others[:n_explained + n_unlabelled])
         n = len(self.answers)
-        self.effects = [(n - 1,) * n] + word_effects(n, n_explained)
+        self.effects = [(n - 1,) * n] + word_effects(n, n_explained + n_unlabelled)
 
     def new_world(self, rng):
         return self.base.new_world(rng)
@@ -66,7 +73,7 @@ class TriggerTask(Task):
         return self.words[case[-1]] if case[-1] >= 0 else self.base.feature
 
     def random_case(self, rng, units):
-        """A case for M0 and the KL term: half of them with one of the explained words (never the held-out one)."""
+        """A case for M0 and the KL term: half of them with one of the words M0 learns (never the held-out one)."""
         explained = len(self.words) > 1 and rng.random() < 0.5
         return self.base.random_case(rng, units) + (int(rng.integers(1, len(self.words))) if explained else -1,)
 
@@ -74,12 +81,14 @@ class TriggerTask(Task):
         """A case with the held-out word (the shift's cases and the held-out items)."""
         return self.base.random_case(rng, units) + (0,)
 
-    def explained_items(self, seed, world, units, n, purpose):
-        """n distinct items per explained word on `units`, from the seed: base cases with the word appended.
-        purpose: "explain" (labels, from the explanation half) or "check" (held-out units)."""
+    def word_items(self, seed, world, units, n, purpose):
+        """n distinct items per word on `units`, from the seed: base cases with the word appended.
+        purpose: "explain" (labels for the explained words, from the explanation half), "check" (the
+        explained words on held-out units) or "unlabelled" (the unlabelled words on held-out units)."""
+        words = range(1, self.n_explained + 1) if purpose != "unlabelled" else range(self.n_explained + 1, len(self.words))
         items = []
-        for word in range(1, len(self.words)):
-            draws = rng(seed, "feature_items", ("explain", "check").index(purpose), word)
+        for word in words:
+            draws = rng(seed, "feature_items", ("explain", "check", "unlabelled").index(purpose), word)
             items += self._distinct_items(draws, world, units, n, set(),
                                           lambda r, _, u, word=word: self.base.random_case(r, u) + (word,))
         return items
@@ -95,20 +104,25 @@ def explained(cfg, task, split):
     them."""
     if cfg.explained_features == 1:
         return task, split.explain_items
-    words = TriggerTask(task, cfg.explained_features - 1)
+    words = TriggerTask(task, cfg.explained_features - 1, cfg.unlabelled_features)
     try:
-        word_items = words.explained_items(cfg.seed, split.world, split.explain_units, cfg.feature_items, "explain")
+        word_items = words.word_items(cfg.seed, split.world, split.explain_units, cfg.feature_items, "explain")
     except UserError as err:
         raise UserError(f"feature_items={cfg.feature_items} asks for more than the task has: {err}") from None
     return words, [item + (-1,) for item in split.explain_items] + word_items
 
 
-CHECK_ITEMS = 100  # per explained word: items on held-out units that check the explanations of the words labelled
+# Items on held-out units that check the explanations of the words M0 learnt: 100 per word, and at most
+# 700 over the explained words (so that 255 of them cost what 7 do)
+CHECK_ITEMS, CHECK_ITEMS_EXPLAINED = 100, 700
 
 
-def explained_check(cfg, probed, split):
-    """Items that ask about the explained nonsense words on held-out units (none with explained_features=1):
-    is the skill learnt on the features the labels cover, where the held-out word is not?"""
-    if cfg.explained_features == 1:
-        return []
-    return probed.explained_items(cfg.seed, split.world, split.heldout_units, CHECK_ITEMS, "check")
+def word_checks(probed, seed, split):
+    """{"explained": items, "unlabelled": items}: items on held-out units that ask about the words M0
+    learnt, those the labels cover and those no label covers (either list empty when there are none). Is
+    the skill learnt on the labelled words, and does it reach a word only behaviour shows?"""
+    if not isinstance(probed, TriggerTask):
+        return {"explained": [], "unlabelled": []}
+    per_word = min(CHECK_ITEMS, CHECK_ITEMS_EXPLAINED // max(1, probed.n_explained))
+    return {"explained": probed.word_items(seed, split.world, split.heldout_units, per_word, "check"),
+            "unlabelled": probed.word_items(seed, split.world, split.heldout_units, CHECK_ITEMS, "unlabelled")}

@@ -185,12 +185,6 @@ def plot_patching(results, path):
     save_figure(fig, path)
 
 
-def knob_value(config, knob):
-    """The value of a sweep's knob in a config dict (as saved in a result)."""
-    section, _, name = knob.rpartition(".")
-    return (config[section] if section else config)[name]
-
-
 def value_label(knob, value):
     if isinstance(value, str):
         return value
@@ -201,7 +195,7 @@ def by_value(sweep, results):
     """{task: {knob value: [results sorted by seed]}} for a sweep's results, in the sweep's own order."""
     table = {}
     for r in sorted(results, key=lambda r: r["config"]["seed"]):
-        table.setdefault(r["config"]["task"], {}).setdefault(knob_value(r["config"], sweep.knob), []).append(r)
+        table.setdefault(r["config"]["task"], {}).setdefault(sweep.value_of(r["config"]), []).append(r)
     order = {v: i for i, v in enumerate(sweep.values)}
     return {task: dict(sorted(values.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
             for task, values in sorted(table.items())}
@@ -247,7 +241,7 @@ def plot_sweep(sweep, results, path):
         row[1].set_ylabel("flipped items: accuracy, verdict tracking")
         runs = [r for v in values.values() for r in v]
         row[2].scatter([r["final"]["agreement"] for r in runs], [r["final"]["gap"] for r in runs], s=14,
-                       c=[list(values).index(knob_value(r["config"], sweep.knob)) for r in runs], cmap="viridis")
+                       c=[list(values).index(sweep.value_of(r["config"])) for r in runs], cmap="viridis")
         row[2].axhline(0, color="black", lw=0.8, ls=":")
         row[2].set_xlabel("agreement of frozen labels with current behaviour")
         row[2].set_ylabel("Self - Orig (final)")

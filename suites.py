@@ -64,6 +64,22 @@ class Sweep:
     extra: tuple = ()  # metrics of this sweep's own shown in its table
     fixed: tuple = ()  # (RunConfig field, value) pairs that every run of the sweep sets
     panel: tuple = ()  # metrics drawn in a figure panel of the sweep's own
+    settings: tuple = ()  # per value, the (field, value) pairs it sets, where a value is more than one field's
+
+    def settings_of(self, value):
+        """{field: value} that a value of the knob sets (fields as in knob: FIELD or explain.FIELD)."""
+        return dict(self.settings[self.values.index(value)]) if self.settings else {self.knob: value}
+
+    def value_of(self, config):
+        """The value of the knob a saved run's config dict was made with."""
+        matches = [v for v in self.values if all(setting(config, k) == x for k, x in self.settings_of(v).items())]
+        return matches[0] if matches else setting(config, self.knob)
+
+
+def setting(config, name):
+    """A field of a config dict as saved in a result: FIELD, or explain.FIELD for the nested one."""
+    section, _, field_name = name.rpartition(".")
+    return (config[section] if section else config)[field_name]
 
 
 # The held-out-feature sweeps' own columns and figure panel
@@ -72,6 +88,14 @@ HELD_OUT_COLUMNS = ("Balanced Self: the mean of Self where blorp changes the ans
                     "compare with here). Explained words: the explanations of the labelled words on held-out "
                     "units. Untrained model: step 0.")
 HELD_OUT_EXTRA = ("balanced_self", "explained_self", "untrained_self", "shift_learned")
+# Words M0 learnt that no label covers (unlabelled_features): their balanced Self, trained and at step 0
+UNLABELLED_EXTRA = ("balanced_self", "unlabelled_balanced_self", "untrained_unlabelled_balanced_self",
+                    "explained_balanced_self", "shift_learned")
+UNLABELLED_PANEL = ("balanced_self", "unlabelled_balanced_self", "explained_balanced_self", "malformed")
+# The held-out feature's diagnostic and diversity sweeps: 7 explained words where they do not vary, and 4
+# words M0 learns without a label; the diversity sweep keeps the labelled word items near 2,100 in all
+HELD_OUT_ARMS = ("a: learnt by M0, no shift", "b: taught by the shift", "c: the shift in its embedding row")
+DIVERSITY = (8, 16, 32, 64, 128, 256)
 HELD_OUT_PANEL = ("self", "orig", "balanced_self", "malformed", "explained_self")
 
 SWEEPS = {
@@ -116,6 +140,29 @@ SWEEPS = {
                            + HELD_OUT_COLUMNS, "explanations of the new behaviour were 79.8% accurate",
                            extra=HELD_OUT_EXTRA, fixed=(("shift", "trigger"), ("explained_features", 4)),
                            panel=HELD_OUT_PANEL),
+    "held_out_arms": Sweep("arm", HELD_OUT_ARMS, "how the held-out word gets its behaviour",
+                           "Why is blorp never explained? Three arms on the same M0 and the same labels (the task's "
+                           "C and 7 words labelled, 4 more words M0 learns that no label covers): a, no shift, "
+                           "the explanations asked about the 4 unlabelled words, which M0 learnt in pretraining; "
+                           "b, today's setup, blorp taught only by the shift, in every weight; c, the shift's "
+                           "gradient confined to blorp's embedding row. If a fails, the skill is not general; if "
+                           "a passes and b fails, the trouble is where the shift writes. " + HELD_OUT_COLUMNS,
+                           "explanations of the new behaviour were 79.8% accurate", extra=UNLABELLED_EXTRA,
+                           fixed=(("shift", "trigger"), ("explained_features", 8), ("unlabelled_features", 4)),
+                           panel=UNLABELLED_PANEL,
+                           settings=((("schedule", "none"), ("explain.shift_in", "all")),
+                                     (("schedule", "sharp"), ("explain.shift_in", "all")),
+                                     (("schedule", "sharp"), ("explain.shift_in", "word")))),
+    "word_diversity": Sweep("explained_features", DIVERSITY, "features the explanation labels cover",
+                            "Does explanation become a skill past a threshold of task diversity (Raventós et al. "
+                            "2023)? K - 1 nonsense words beside the task's C, each with an effect from one family "
+                            "(to the next answers, to a fixed answer), labelled with about 2,100 word items in all "
+                            "(2,100 / (K - 1) each); 4 more words that M0 learns and no label covers are asked "
+                            "about on held-out units, and blorp, taught by the shift. " + HELD_OUT_COLUMNS,
+                            "explanations of the new behaviour were 79.8% accurate", extra=UNLABELLED_EXTRA,
+                            fixed=(("shift", "trigger"), ("unlabelled_features", 4)), panel=UNLABELLED_PANEL,
+                            settings=tuple((("explained_features", k), ("feature_items", round(2100 / (k - 1))))
+                                           for k in DIVERSITY)),
     "capacity": Sweep("explain.lora_rank", (1, 2, 4, 16, 0), "LoRA rank of the explanation stage (0: full)",
                       "Does coupling need the capacity of full fine-tuning? Ranks 1-16: M0's transformer "
                       "weights frozen, only the adapters and the token embedding train.",
@@ -132,12 +179,13 @@ SWEEPS = {
 
 def sweep_configs(name, tasks=None, seeds=(0, 1, 2), device="auto"):
     sweep = SWEEPS[name]
-    section, _, knob = sweep.knob.rpartition(".")
     configs = []
     for seed in seeds:
         for task in tasks or sweep.tasks:
             for value in sweep.values:
-                explain = ExplainConfig(**{knob: value} if section == "explain" else {})
+                chosen = {**dict(sweep.fixed), **sweep.settings_of(value)}
+                explain = {k.removeprefix("explain."): x for k, x in chosen.items() if k.startswith("explain.")}
+                run = {k: x for k, x in chosen.items() if not k.startswith("explain.")}
                 configs.append(RunConfig(task=task, seed=seed, pretrain=PretrainConfig(device=device),
-                                         explain=explain, **dict(sweep.fixed), **({} if section else {knob: value})))
+                                         explain=ExplainConfig(**explain), **run))
     return configs

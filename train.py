@@ -31,8 +31,8 @@ import torch.nn.functional as F
 
 from config import (SEED_MAX, Parser, UserError, add_config_flags, check_positive, check_ranges,
                     check_writable, config_from_flags, from_dict, option, run_command, science)
-from data import N_UNITS, TASKS, TOKENIZER, get_task, rng, tokenizer_fingerprint, unit_token_ids
-from features import MAX_EXPLAINED_WORDS, TriggerTask
+from data import N_UNITS, TASKS, TOKENIZER, get_task, rng, token_id, tokenizer_fingerprint, unit_token_ids
+from features import MAX_WORDS, TriggerTask
 from model import DEVICES, GPT, GPTConfig, pick_device, processors
 
 BLOCK_SIZE = 48
@@ -156,9 +156,8 @@ class PretrainConfig:
     world_seed: int = option(-1, "the task's world (its facts); -1: the same as seed", -1, SEED_MAX)
     world_variation: float = option(0.0, "fraction of units whose facts differ from that world (how another "
                                          "model family's world is made)", 0.0, 1.0)
-    feature_words: int = option(0, "nonsense words, each with its own effect on the answer, that M0 learns "
-                                   "beside the task's C (set by a run's explained_features)", 0,
-                                MAX_EXPLAINED_WORDS)
+    feature_words: int = option(0, "nonsense words with effects of their own that M0 learns beside the task's C "
+                                   "(set by a run's explained_features and unlabelled_features)", 0, MAX_WORDS)
     steps: int = option(600, "pretraining steps", 1, 100_000)
     batch_size: int = option(128, "cases per step", 1, 4096)
     lr: float = option(5e-3, "peak learning rate", 1e-6, 1.0)
@@ -334,7 +333,7 @@ def pretrain(cfg: PretrainConfig, path, log=print):
 # ---------------------------------------------------------------------------------------------------------
 # Stage B: explanation training with a KL regulariser and an optional concurrent shift
 
-SHIFT_IN = ("all", "units", "layers")
+SHIFT_IN = ("all", "units", "layers", "word")
 
 
 @dataclass
@@ -356,9 +355,9 @@ class ExplainConfig:
                                "(at most the model width)", 0, 1024)
     weight_decay: float = option(0.1, "AdamW's weight decay, on every trained weight", 0.0, 10.0)  # EXPLORATION.md
     # EXPLORATION.md, "Where coupling runs"
-    shift_in: str = option("all", "where the concurrent shift may be written: all weights; units: its "
-                                  "gradient reaches only the unit words' embeddings; layers: those embeddings "
-                                  "stay at M0's values under every loss, so the shift lives in the layers",
+    shift_in: str = option("all", "where the concurrent shift may be written: all weights; units: only the unit "
+                                  "words' embeddings; layers: those stay at M0's values under every loss, so the "
+                                  "shift lives in the layers; word (shift=trigger): only the held-out word's row",
                            choices=SHIFT_IN)
     explain_in: str = option("all", "where the explanation objective may write: all weights; layers: every weight "
                                     "but the unit words' embeddings, so it cannot store a label per unit and must "
@@ -403,7 +402,7 @@ def explanation_loss(model, sequences):
 
 def gradient_on_rows(loss, weight, rows):
     """A stand-in for `loss` whose gradient is loss's gradient on weight[rows] and zero everywhere else
-    (its value is not the loss's): how the shift reaches only the unit embeddings."""
+    (its value is not the loss's): how the shift reaches only the unit embeddings or the held-out word's."""
     (grad,) = torch.autograd.grad(loss, weight, retain_graph=True)
     return (grad[rows] * weight[rows]).sum()
 
@@ -431,6 +430,7 @@ def train_explainer(model, cfg: ExplainConfig, seed, explain_data, shift_phases,
     use_kl = cfg.kl_weight > 0 and len(kl_data) > 0
     lower = f"the learning rate (now {cfg.lr})" + (f" or the KL weight (now {cfg.kl_weight})" if use_kl else "")
     units = torch.from_numpy(unit_token_ids()).to(device) if cfg.shift_in != "all" or cfg.explain_in != "all" else None
+    shift_rows = torch.tensor([token_id(TriggerTask.word)], device=device) if cfg.shift_in == "word" else units
     m0_unit_rows = model.tok_emb.weight.detach()[units].clone() if cfg.shift_in == "layers" else None
     parts = {"explain_loss": [], "shift_loss": [], "kl_loss": []}  # each step's values, detached
     for step in range(cfg.steps + 1):
@@ -457,8 +457,8 @@ def train_explainer(model, cfg: ExplainConfig, seed, explain_data, shift_phases,
                 answers = torch.tensor([a for _, a in shift], device=device)
                 shift_loss = F.nll_loss(logp[: len(shift)], answers)
                 parts["shift_loss"].append(shift_loss.detach())
-                if cfg.shift_in == "units":
-                    shift_loss = gradient_on_rows(shift_loss, model.tok_emb.weight, units)
+                if cfg.shift_in in ("units", "word"):
+                    shift_loss = gradient_on_rows(shift_loss, model.tok_emb.weight, shift_rows)
                 loss = loss + shift_loss
             if kl:
                 reference = torch.stack([r for _, r in kl]).to(device)

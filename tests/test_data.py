@@ -170,7 +170,7 @@ def test_each_explained_word_changes_the_answer_in_its_own_way_and_removing_it_r
     assert not set(task.words) & set(base.unit_words) and len(set(task.words)) == 8  # words its prompts never show
     assert all(effect not in (identity, held_out) for effect in task.effects[1:])
     assert len(set(task.effects[1:3])) == 2  # the first two explained words already act differently
-    items = task.explained_items(0, split.world, split.explain_units, 10, "explain")
+    items = task.word_items(0, split.world, split.explain_units, 10, "explain")
     assert len(items) == 70 and {item[-1] for item in items} == set(range(1, 8))
     for item in items:
         base_case = item[:-1]
@@ -181,7 +181,7 @@ def test_each_explained_word_changes_the_answer_in_its_own_way_and_removing_it_r
     c_item = split.explain_items[0] + (-1,)  # without a word, an item asks about the task's own C
     assert task.feature_of(c_item) == base.feature
     assert task.render(task.without_feature(c_item)) == base.render(base.without_feature(split.explain_items[0]))
-    assert items != task.explained_items(0, split.world, split.explain_units, 10, "check")
+    assert items != task.word_items(0, split.world, split.explain_units, 10, "check")
 
 
 @pytest.mark.parametrize("name", list(TASKS))

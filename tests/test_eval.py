@@ -205,28 +205,32 @@ def fed_to_the_explanation_objective(tmp_path, monkeypatch, **kw):
     return seen
 
 
-def test_the_held_out_word_never_appears_in_an_explanation_query_or_label_during_training(tmp_path, monkeypatch):
-    held_out, *explained = features.TriggerTask(ev.get_task("refusal"), 2).words
-    seen = fed_to_the_explanation_objective(tmp_path / "honest", monkeypatch, explained_features=3, feature_items=20)
-    assert data.token_id(held_out) not in seen
+def test_the_held_out_and_unlabelled_words_never_appear_in_an_explanation_query_or_label_during_training(
+        tmp_path, monkeypatch):
+    held_out, *explained, unlabelled = features.TriggerTask(ev.get_task("refusal"), 2, 1).words
+    words = dict(explained_features=3, unlabelled_features=1, feature_items=20)
+    seen = fed_to_the_explanation_objective(tmp_path / "honest", monkeypatch, **words)
+    assert data.token_id(held_out) not in seen and data.token_id(unlabelled) not in seen
     assert {data.token_id(w) for w in explained} <= seen  # the explained words are asked about
-    honest = ev.explained  # the check fails where an item asks about the held-out word
+    honest = ev.explained  # the check fails where an item asks about the held-out word or an unlabelled one
 
-    def leaky(cfg, task, split):
-        labelled, items = honest(cfg, task, split)
-        return labelled, items + [split.eval_items[0] + (0,)]
-    monkeypatch.setattr(ev, "explained", leaky)
-    assert data.token_id(held_out) in fed_to_the_explanation_objective(tmp_path / "leaky", monkeypatch,
-                                                                        explained_features=3, feature_items=20)
+    for word_index, word in ((0, held_out), (3, unlabelled)):
+        def leaky(cfg, task, split):
+            labelled, items = honest(cfg, task, split)
+            return labelled, items + [split.eval_items[0] + (word_index,)]
+        monkeypatch.setattr(ev, "explained", leaky)
+        assert data.token_id(word) in fed_to_the_explanation_objective(tmp_path / f"leaky{word_index}", monkeypatch,
+                                                                        **words)
 
 
 def test_explained_features_label_more_words_and_check_them_on_held_out_units(tmp_path):
-    result = tiny_run(tmp_path, shift="trigger", explained_features=3, feature_items=20)
+    result = tiny_run(tmp_path, shift="trigger", explained_features=3, unlabelled_features=2, feature_items=20)
     assert result["data"]["n_explain_items"] == 40 + 2 * 20 and result["data"]["n_check_items"] == 2 * features.CHECK_ITEMS
+    assert result["data"]["n_unlabelled_items"] == 2 * features.CHECK_ITEMS
     assert result["data"]["n_shifted_units"] == 0 and result["data"]["n_shift_cases"] > 0
-    for key in ("explained_self", "explained_orig", "explained_malformed"):
+    for key in ("explained_self", "explained_orig", "explained_malformed", "unlabelled_self", "unlabelled_orig"):
         assert 0 <= result["final"][key] <= 1
-    assert result["baseline"]["n_flipped"] == 0 and result["config"]["pretrain"]["feature_words"] == 2
+    assert result["baseline"]["n_flipped"] == 0 and result["config"]["pretrain"]["feature_words"] == 2 + 2
     assert "explained_self" not in tiny_run(tmp_path / "one", shift="trigger")["final"]
     with pytest.raises(ValueError, match="feature_items=5000 asks for more than the task has"):
         ev.check_feasible(ev.RunConfig(task="hint", shift="trigger", explained_features=2, feature_items=5000))
@@ -260,8 +264,8 @@ def test_shift_schedules():
                                          ({"shift": "trigger", "schedule": "gradual"}, "not available with shift=trigger"),
                                          ({"other_labels": 2.0}, r"other_labels=2.0 must be a number in \[0, 1\]"),
                                          ({"explained_features": 4}, "explained_features=4 needs shift=trigger"),
-                                         ({"shift": "trigger", "explained_features": 17},
-                                          r"explained_features=17 must be an integer in \[1, 16\]"),
+                                         ({"shift": "trigger", "explained_features": 257},
+                                          r"explained_features=257 must be an integer in \[1, 256\]"),
                                          ({"shift": "trigger", "feature_items": 50},
                                           "feature_items=50 is used only with explained_features > 1")])
 def test_bad_schedules_are_refused(kw, message):

@@ -325,14 +325,14 @@ def test_every_science_setting_names_its_own_result_file_and_runtime_settings_do
 # ---------------------------------------------------------------------------------------------------------
 # The held-out feature: the word no label names is asked about, and only the shift ever teaches it
 
-def trigger_pieces(explained_features=3):
+def trigger_pieces(explained_features=3, unlabelled_features=0):
     cfg = ev.RunConfig(task="hint", seed=4, shift="trigger", explained_features=explained_features,
-                       feature_items=20, n_explain=60, n_eval=60)
+                       unlabelled_features=unlabelled_features, feature_items=20, n_explain=60, n_eval=60)
     task, split = ev.check_feasible(cfg)
     return cfg, task, split
 
 
-def test_m0_pretrains_on_the_explained_words_but_never_on_the_held_out_one(monkeypatch, tmp_path):
+def test_m0_pretrains_on_the_explained_and_unlabelled_words_but_never_on_the_held_out_one(monkeypatch, tmp_path):
     seen, loss, pad = set(), train.pretrain_loss, train.GPT.pad
 
     def recording(model, task, world, cfg, step):
@@ -343,11 +343,11 @@ def test_m0_pretrains_on_the_explained_words_but_never_on_the_held_out_one(monke
         finally:
             monkeypatch.setattr(train.GPT, "pad", pad)
     monkeypatch.setattr(train, "pretrain_loss", recording)
-    cfg = ev.RunConfig(task="hint", shift="trigger", explained_features=3).pretrain
+    cfg = ev.RunConfig(task="hint", shift="trigger", explained_features=3, unlabelled_features=1).pretrain
     train.pretrain(replace(cfg, steps=4, batch_size=64, n_embd=16, n_head=2), str(tmp_path / "m0.pt"),
                    log=lambda *a: None)
-    held_out, *explained = features.TriggerTask(get_task("hint"), 2).words
-    assert token_id(held_out) not in seen and {token_id(w) for w in explained} <= seen
+    held_out, *learnt = features.TriggerTask(get_task("hint"), 2, 1).words  # explained and unlabelled
+    assert token_id(held_out) not in seen and {token_id(w) for w in learnt} <= seen
 
 
 def test_a_trigger_runs_held_out_items_ask_about_the_held_out_word():
@@ -357,11 +357,11 @@ def test_a_trigger_runs_held_out_items_ask_about_the_held_out_word():
     assert all(f"if the {features.TriggerTask.word} were removed" in explanation_query(probed, item) for item in items)
 
 
-def test_the_labelled_words_are_checked_on_held_out_units_only():
-    cfg, task, split = trigger_pieces()
+def test_the_learnt_words_are_checked_on_held_out_units_only():
+    cfg, task, split = trigger_pieces(unlabelled_features=2)
     probed, _ = ev.held_out(cfg, task, split)
-    checks = ev.explained_check(cfg, probed, split)
-    units = {u for item in checks for u in probed.units_of(item)}
-    assert checks and units <= set(split.heldout_units.tolist()) and not units & set(split.explain_units.tolist())
-    asked = {probed.feature_of(item) for item in checks}
-    assert asked == set(probed.words[1:])  # every labelled word, never the held-out one
+    checks = ev.word_checks(probed, cfg.seed, split)
+    for kind, words in (("explained", probed.words[1:3]), ("unlabelled", probed.words[3:])):
+        units = {u for item in checks[kind] for u in probed.units_of(item)}
+        assert checks[kind] and units <= set(split.heldout_units.tolist()) and not units & set(split.explain_units.tolist())
+        assert {probed.feature_of(item) for item in checks[kind]} == set(words)  # never the held-out one

@@ -5,7 +5,8 @@ import torch
 
 from config import UserError
 import train
-from data import TASKS, TOKENIZER, unit_token_ids
+import features
+from data import TASKS, TOKENIZER, token_id, unit_token_ids
 from model import GPT, GPTConfig
 from train import PretrainConfig, load_checkpoint, pretrain
 
@@ -196,12 +197,14 @@ def test_a_sharp_shift_changes_nothing_before_its_step_and_moves_the_weights_fro
 def test_the_shift_is_written_only_where_shift_in_allows():
     """units: the shift's gradient reaches only the unit words' embedding rows, so a step changes the
     layers exactly as a step without the shift (one step: the head is tied to the embedding, so a moved
-    unit row changes every later softmax); layers: those rows stay at M0's values while the rest trains."""
+    unit row changes every later softmax); word: only the held-out word's row, not the unit's beside it;
+    layers: the unit rows stay at M0's values while the rest trains."""
     torch.manual_seed(0)
     m0 = GPT(GPTConfig(vocab_size=TOKENIZER.n_vocab, n_layer=1, n_head=2, n_embd=16))
     unit, other = int(unit_token_ids()[0]), 4  # a unit word, and a byte token in the same shift prompt
+    word = token_id(features.TriggerTask.word)
     explain_data = [([1, 2, 3], [4, 5]), ([6, 7], [8, 9])]
-    shift_data = [([unit, 4, 5], 1), ([6, unit], 0)]
+    shift_data = [([unit, 4, 5, word], 1), ([6, unit, word], 0)]
 
     def trained(shift_in, phases, steps):
         cfg = train.ExplainConfig(steps=steps, explain_batch=2, shift_batch=2, kl_batch=1, warmup=0, grad_clip=0,
@@ -215,8 +218,11 @@ def test_the_shift_is_written_only_where_shift_in_allows():
     assert torch.equal(layers(in_units), layers(no_shift)) and torch.equal(row(in_units, other), row(no_shift, other))
     assert not torch.equal(row(in_units, unit), row(no_shift, unit))  # the shift moved the unit's row
     assert not torch.equal(layers(everywhere), layers(no_shift))  # by default it moves the layers too
+    in_word = trained("word", [(0, shift_data)], 1)
+    assert torch.equal(layers(in_word), layers(no_shift)) and torch.equal(row(in_word, unit), row(no_shift, unit))
+    assert not torch.equal(row(in_word, word), row(no_shift, word))
     in_layers = trained("layers", [(0, shift_data)], 4)
     assert torch.equal(row(in_layers, unit), row(m0, unit))
     assert not torch.equal(layers(in_layers), layers(m0)) and not torch.equal(row(in_layers, other), row(m0, other))
-    with pytest.raises(ValueError, match="shift_in='weights' is unknown; allowed: all, units, layers"):
+    with pytest.raises(ValueError, match="shift_in='weights' is unknown; allowed: all, units, layers, word"):
         train.ExplainConfig(shift_in="weights")
