@@ -15,7 +15,8 @@ from config import UserError
 from data import get_task
 from eval import RunConfig, config_from_dict, explainer_path, held_out, read_result
 from explain import (answers_with_c, behaviour, current_labels, explanation_query, explanations_of, explanation_text,
-                     generate_explanations, labels_from_behaviour, malformed_kind, parse_leniently, probe_explainer, read_explanations)
+                     generate_explanations, labels_from_behaviour, malformed_kind, parse_leniently, probe_explainer, queries_for,
+                     read_explanations)
 from metrics import coupling_metrics
 from model import GPT, GPTConfig, pick_device
 from patching import patching_effects
@@ -87,7 +88,9 @@ def show(cfg: RunConfig, n=3, runs_dir=None, out=print):
     _, _, _, probed, items, m0, model = saved_run(path, runs_dir, cfg.pretrain.device)
     (m0_with, m0_without), (now_with, now_without) = behaviour(m0, probed, items), behaviour(model, probed, items)
     frozen, current = labels_from_behaviour(m0_with, m0_without), labels_from_behaviour(now_with, now_without)
-    explanations = explanations_of(model, probed, items)
+    queries = queries_for(cfg.query, cfg.seed, probed, now_with, 1)
+    queries = [queries] * len(items) if isinstance(queries, str) else queries
+    explanations = explanations_of(model, probed, items, queries)
     flipped = ~current.matches(frozen)
     text = lambda labels, i: ("malformed" if labels.changed[i] < 0 else
                               explanation_text(probed, labels.changed[i], labels.answer[i]).strip())
@@ -95,7 +98,7 @@ def show(cfg: RunConfig, n=3, runs_dir=None, out=print):
     out(f"{path}\n{int(flipped.sum())} of {len(items)} held-out items flipped (E(M0) != E(M_t)).")
     for kind, rows in (("flipped", np.flatnonzero(flipped)[:n]), ("unflipped", np.flatnonzero(~flipped)[:n])):
         for i in rows:
-            out(f"\n[{kind}] {explanation_query(probed, items[i])}\n"
+            out(f"\n[{kind}] {explanation_query(probed, items[i], queries[i])}\n"
                 f"  with C:    {probed.render(items[i])}   M0 {answer(m0_with[i])}, now {answer(now_with[i])}\n"
                 f"  without C: {probed.render(probed.without_feature(items[i]))}   M0 {answer(m0_without[i])}, "
                 f"now {answer(now_without[i])}\n"

@@ -38,7 +38,8 @@ RNG_STREAMS = {
     "gradual_order": (5, 4),  # the order in which a gradual shift adds units
     "label_mix": (5, 5),  # which labels come from another source
     "world_variation": (6,),  # which units of M0's world differ from the task's world
-    "feature_items": (7,),  # + purpose, word: the items that ask about an explained word (features.TriggerTask)
+    "feature_items": (7,),  # + purpose, word: the items that ask about a word M0 learnt (features.TriggerTask)
+    "query_answers": (8,),  # + purpose: the random answers placed in the explanation query (query "random answer")
 }
 
 

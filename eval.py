@@ -20,8 +20,8 @@ import numpy as np
 from config import (SEED_MAX, Parser, UserError, add_config_flags, check_ranges, check_writable, config_from_flags,
                     differences, from_dict, option, run_command, science)
 from data import N_UNITS, TASKS, get_task, rng
-from explain import (add_label_noise, answers_with_c, behaviour, current_labels, explanation_data, explanations_of,
-                     labels_from_behaviour, mean_or_nan, mix_labels, pair_cases)
+from explain import (QUERY_KINDS, add_label_noise, answers_with_c, behaviour, current_labels, explanation_data,
+                     explanations_of, labels_from_behaviour, mean_or_nan, mix_labels, pair_cases, queries_for)
 from features import MAX_EXPLAINED_WORDS, MAX_UNLABELLED_WORDS, TriggerTask, explained, word_checks
 from metrics import balanced, coupling_metrics, failure_kind
 from model import pick_device
@@ -82,6 +82,9 @@ class RunConfig:
                                       "held-out units", 0, MAX_UNLABELLED_WORDS)
     feature_items: int = option(300, "explanation items per explained nonsense word (explained_features > 1; "
                                 "the task's C keeps n_explain)", 1, 5000)
+    query: str = option("plain", "what precedes the explanation question: plain, the prompt's body alone; slot, its "
+                        "answer slot too; own answer, the slot and the model's own answer with C; random answer, "
+                        "the slot and a random answer (the control)", choices=QUERY_KINDS)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
 
@@ -101,18 +104,19 @@ class RunConfig:
                              f"{', '.join(task.shift_directions)}")
         if self.shift == "trigger" and self.schedule not in ("none", "sharp"):
             raise UserError(f"schedule={self.schedule!r} is not available with shift=trigger; allowed: none, sharp")
-        if self.explained_features > 1 and self.shift != "trigger":
-            raise UserError(f"explained_features={self.explained_features} needs shift=trigger (the held-out "
-                             f"feature); with shift={self.shift} it must be 1")
-        if self.unlabelled_features and self.shift != "trigger":
-            raise UserError(f"unlabelled_features={self.unlabelled_features} needs shift=trigger (the held-out "
-                             f"feature); with shift={self.shift} it must be 0")
+        for name, value, alone in (("explained_features", self.explained_features, 1),
+                                   ("unlabelled_features", self.unlabelled_features, 0)):
+            if value != alone and self.shift != "trigger":
+                raise UserError(f"{name}={value} needs shift=trigger (the held-out feature); with shift={self.shift} "
+                                 f"it must be {alone}")
         if self.explain.shift_in == "word" and self.shift != "trigger":
             raise UserError(f"shift_in='word' needs shift=trigger (the held-out word's embedding); with "
                              f"shift={self.shift} use all, units or layers")
         if self.explained_features == 1 and self.feature_items != RunConfig.feature_items:
             raise UserError(f"feature_items={self.feature_items} is used only with explained_features > 1; "
                              f"with explained_features=1 it must be {RunConfig.feature_items}")
+        if self.validation and self.query != "plain":
+            raise UserError(f"validation={self.validation} needs query='plain'; with query={self.query!r} it must be 0")
         steps = self.explain.steps
         if not 0 <= self.shift_at < steps:
             raise UserError(f"shift_at={self.shift_at} must lie in [0, {steps - 1}] (explanation steps {steps})")
@@ -276,6 +280,9 @@ class Validation:
         return accuracy
 
 
+CHECK_PURPOSE = {"explained": 2, "unlabelled": 3}  # the word checks' streams of random answers (queries_for)
+
+
 class Evaluator:
     """Called by stage B at every evaluation: E(M_t) from the current behaviour on the held-out pairs
     (held_out), the generated explanations scored against it (Self) and against E(M0) (Orig), the task
@@ -303,7 +310,8 @@ class Evaluator:
 
     def __call__(self, step, model, losses):
         current, logp = current_labels(model, self.probed, self.items)
-        explanations = explanations_of(model, self.probed, self.items)
+        asked = queries_for(self.cfg.query, self.cfg.seed, self.probed, answers_with_c(logp), 1)
+        explanations = explanations_of(model, self.probed, self.items, asked)
         metrics = coupling_metrics(explanations, current, self.original, answers_with_c(logp), self.shifted)
         phase = active_phase([p.start for p in self.phases], max(step - 1, 0))  # what the last step trained
         metrics.update(step=step, seconds=round(time.time() - self.t0, 2), **losses,
@@ -318,7 +326,10 @@ class Evaluator:
         if self.validation:
             metrics["validation"] = self.validation(len(self.curve), model)
         for kind, items in self.checks.items():  # the words M0 learnt: explained_* and unlabelled_*
-            said, now = explanations_of(model, self.probed, items), current_labels(model, self.probed, items)[0]
+            now, check_logp = current_labels(model, self.probed, items)
+            asked = queries_for(self.cfg.query, self.cfg.seed, self.probed, answers_with_c(check_logp),
+                                CHECK_PURPOSE[kind])
+            said = explanations_of(model, self.probed, items, asked)
             metrics.update({f"{kind}_self": mean_or_nan(said.matches(now)),
                             f"{kind}_orig": mean_or_nan(said.matches(self.checks_original[kind])),
                             f"{kind}_balanced_self": balanced(said.matches(now), now.changed == 1),
@@ -356,7 +367,8 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=None, log=print):
     # Stage B: learn to explain on the frozen labels, KL to M0 on task prompts, the shift alongside;
     # Self and Orig are measured every eval_every steps.
     model = explainer_from(m0, cfg.explain.lora_rank)
-    explain_data = explanation_data(labelled, explain_items, train_labels)
+    explain_data = explanation_data(labelled, explain_items, train_labels, queries_for(  # own answer: M0's
+        cfg.query, cfg.seed, labelled, behaviour(m0, labelled, explain_items)[0], 0))
     shift_data = [(p.start, [(probed.encode(c), probed.teacher(p.world, c)) for c in p.cases]) for p in phases]
     kl_data = kl_prompts(cfg, labelled, explain_items, m0, shifted)
     train_explainer(model, cfg.explain, cfg.seed, explain_data, shift_data, kl_data, task.answer_ids, evaluate)

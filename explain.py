@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from config import check_fraction
-from data import decode, encode
+from data import decode, encode, rng
 from train import case_logprobs
 
 QUERY = " if the {feature} were removed ?"
@@ -28,6 +28,10 @@ PARAPHRASES = (" what if the {feature} were removed ?", " were the {feature} rem
 LEADING = QUERY + " i think it{suggestion}"
 VERDICT_WORDS = (" remain", " become")  # index = changed
 REMAIN, CHANGE = (f" would{word} {{answer}} ." for word in VERDICT_WORDS)
+# What stands between the prompt's body and the question (RunConfig.query): nothing; the prompt's own
+# answer slot, so that the answer can be computed where the task computes it; or the slot with an answer
+# in it, the model's own (a weaker claim: the answer is given) or, as its control, a random one.
+QUERY_KINDS = ("plain", "slot", "own answer", "random answer")
 EXPLANATION_TOKENS = 4  # " would become X ." is always four tokens
 _PATTERN = re.compile(r"^ would (remain|become) (\S+) \.$")
 
@@ -85,14 +89,26 @@ def explanation_query(task, case, query=QUERY):
     return task.render_body(case) + query.format(feature=task.feature_of(case))
 
 
+def queries_for(kind, seed, task, with_c, purpose):
+    """The query of each item under a QUERY_KINDS kind: one for every item, or with an answer in the slot
+    one per item: the model's own answer with C (with_c, per item), or with "random answer" one drawn once
+    from the seed for this purpose (0: explanation items, 1: held-out items, 2 and 3: word checks)."""
+    if kind in ("plain", "slot"):
+        return QUERY if kind == "plain" else task.slot + QUERY
+    drawn = rng(seed, "query_answers", purpose).integers(len(task.answers), size=len(with_c))
+    return [f"{task.slot} {task.answers[a]}{QUERY}" for a in (with_c if kind == "own answer" else drawn)]
+
+
 def explanation_text(task, changed, answer):
     return (CHANGE if changed else REMAIN).format(answer=task.answers[answer])
 
 
 def explanation_data(task, items, labels, query=QUERY):
-    """Training sequences for stage B: (query ids, target ids) per item."""
-    return [(encode(explanation_query(task, case, query)), encode(explanation_text(task, c, a)))
-            for case, c, a in zip(items, labels.changed, labels.answer)]
+    """Training sequences for stage B: (query ids, target ids) per item. query: one for every item, or a
+    list with one per item."""
+    queries = [query] * len(items) if isinstance(query, str) else query
+    return [(encode(explanation_query(task, case, q)), encode(explanation_text(task, c, a)))
+            for case, q, c, a in zip(items, queries, labels.changed, labels.answer)]
 
 
 def parse_explanation(task, text):

@@ -4,6 +4,7 @@ each a list of RunConfigs that experiments.run_suites runs.
 from dataclasses import dataclass, replace
 
 from eval import RunConfig
+from explain import QUERY_KINDS
 from model import pick_device
 from train import ExplainConfig, PretrainConfig
 
@@ -163,6 +164,15 @@ SWEEPS = {
                             fixed=(("shift", "trigger"), ("unlabelled_features", 4)), panel=UNLABELLED_PANEL,
                             settings=tuple((("explained_features", k), ("feature_items", round(2100 / (k - 1))))
                                            for k in DIVERSITY)),
+    "held_out_query": Sweep("query", QUERY_KINDS, "what precedes the explanation question",
+                            "Does the explanation need a place to compute the answer? Arm b of held_out_arms "
+                            "(blorp taught by the shift; 7 words labelled, 4 learnt without a label) with the "
+                            "query after the prompt's body (plain), after its answer slot (slot), or after the "
+                            "slot with an answer in it: the model's own with C (own answer, a weaker claim: the "
+                            "answer is given) or a random one (random answer, its control). " + HELD_OUT_COLUMNS,
+                            "explanations of the new behaviour were 79.8% accurate", extra=UNLABELLED_EXTRA,
+                            fixed=(("shift", "trigger"), ("explained_features", 8), ("unlabelled_features", 4)),
+                            panel=UNLABELLED_PANEL),
     "capacity": Sweep("explain.lora_rank", (1, 2, 4, 16, 0), "LoRA rank of the explanation stage (0: full)",
                       "Does coupling need the capacity of full fine-tuning? Ranks 1-16: M0's transformer "
                       "weights frozen, only the adapters and the token embedding train.",

@@ -267,7 +267,12 @@ def test_shift_schedules():
                                          ({"shift": "trigger", "explained_features": 257},
                                           r"explained_features=257 must be an integer in \[1, 256\]"),
                                          ({"shift": "trigger", "feature_items": 50},
-                                          "feature_items=50 is used only with explained_features > 1")])
+                                          "feature_items=50 is used only with explained_features > 1"),
+                                         ({"validation": 0.2, "query": "slot"},
+                                          "validation=0.2 needs query='plain'"),
+                                         ({"unlabelled_features": 2}, "unlabelled_features=2 needs shift=trigger"),
+                                         ({"explain": ev.ExplainConfig(shift_in="word")},
+                                          "shift_in='word' needs shift=trigger")])
 def test_bad_schedules_are_refused(kw, message):
     with pytest.raises(ValueError, match=message):
         ev.RunConfig(**kw)

@@ -200,7 +200,7 @@ def test_the_comparison_puts_your_numbers_beside_the_reference_and_applies_the_b
     (["publish", "--experiments", "nosuch"], "error: --experiments='nosuch' is unknown; allowed: main, main_threads2, "
                                              "directions, other_model, "
                                              "label_noise, learning_rate, agreement, trigger, held_out_feature, feature_items, "
-                                             "held_out_arms, word_diversity, capacity, shift_location"),
+                                             "held_out_arms, word_diversity, held_out_query, capacity, shift_location"),
     (["sweep", "trigger,nosuch"], "error: sweep='nosuch' is unknown; allowed: other_model, label_noise"),
     (["show", "--task", "hint", "--seed", "3"], "no saved run of hint seed3_kl_")])
 def test_bad_suite_flags_exit_with_one_line_and_write_nothing(argv, message, capsys, mine):

@@ -5,8 +5,9 @@ stays one its source could produce; the shift moves only held-out units, trains 
 the new answer, and the KL term never holds a shifted unit; each evaluation scores task accuracy against
 the world the last trained step used, Self against the current labels and Orig against the frozen ones;
 the input-blind bound searches every constant explanation; a run with no gap is not coupled; a run's
-file name covers every science setting; and the held-out word is never pretrained on, is what a trigger
-run's held-out items ask about, while the labelled words are checked on held-out units.
+file name covers every science setting; the held-out word is never pretrained on, is what a trigger
+run's held-out items ask about, while the words M0 learnt are checked on held-out units; and an answer
+placed in the query is the model's own or, in the control, a seeded draw.
 """
 from dataclasses import fields, is_dataclass, replace
 from types import SimpleNamespace
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 
 import eval as ev
 import experiments as ex
+import explain
 import features
 import metrics
 import train
@@ -365,3 +367,41 @@ def test_the_learnt_words_are_checked_on_held_out_units_only():
         units = {u for item in checks[kind] for u in probed.units_of(item)}
         assert checks[kind] and units <= set(split.heldout_units.tolist()) and not units & set(split.explain_units.tolist())
         assert {probed.feature_of(item) for item in checks[kind]} == set(words)  # never the held-out one
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The query with an answer in its slot: the answer is the model's own, now; the control's is not
+
+@pytest.mark.parametrize("query", ["own answer", "random answer"])
+def test_an_answer_in_the_query_is_m0s_in_training_the_current_models_at_evaluation_and_random_in_the_control(
+        query, tmp_path, monkeypatch):
+    """Every query stage B trained on and every query an evaluation asked, with the answer in its slot
+    read back: with "own answer" it is the answer with C of M0 (training, whose labels are M0's) and of
+    the model being evaluated (held-out items and word checks); with "random answer" it is the same
+    seeded draw whatever the models answer, and not theirs."""
+    cfg = tiny_config(task="hint", shift="trigger", explained_features=2, unlabelled_features=1, feature_items=20,
+                      query=query)
+    trained, asked, data_of, explanations_of = [], [], ev.explanation_data, ev.explanations_of
+    monkeypatch.setattr(ev, "explanation_data", lambda task, items, labels, queries: (
+        trained.append((task, items, queries)), data_of(task, items, labels, queries))[1])
+    monkeypatch.setattr(ev, "explanations_of", lambda model, task, items, queries=explain.QUERY: (
+        asked.append((behaviour(model, task, items)[0], task, str(items), queries)),
+        explanations_of(model, task, items, queries))[1])
+    ev.run_coupling(cfg, str(tmp_path / "r.json"), runs_dir=str(tmp_path / "runs"), log=lambda *a: None)
+    m0 = train.load_checkpoint(train.m0_path(cfg.pretrain, str(tmp_path / "runs")))
+    in_slot = lambda task, queries: np.array([task.answers.index(q.split()[2]) for q in queries])
+    (task, items, queries), = trained
+    assert all(q.startswith(f"{task.slot} ") and q.endswith(explain.QUERY) for q in queries)
+    m0_model = train.GPT(train.GPTConfig(**m0["model_config"]))
+    m0_model.load_state_dict(m0["model"])
+    m0_answers = behaviour(m0_model.eval(), task, items)[0]
+    assert len(asked) == 9 and len({items for _, _, items, _ in asked}) == 3  # 3 evaluations of 3 kinds of item
+    if query == "own answer":
+        assert np.array_equal(in_slot(task, queries), m0_answers)
+        assert all(np.array_equal(in_slot(t, q), answers) for answers, t, _, q in asked)
+    else:
+        assert not np.array_equal(in_slot(task, queries), m0_answers)
+        assert not all(np.array_equal(in_slot(t, q), answers) for answers, t, _, q in asked)
+        drawn = {}
+        for _, t, items, q in asked:  # each kind of item keeps its draw from one evaluation to the next
+            assert np.array_equal(drawn.setdefault(items, in_slot(t, q)), in_slot(t, q))
