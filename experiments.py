@@ -32,7 +32,7 @@ from eval import (REFERENCE, RunConfig, add_run_flags, check_feasible, config_fr
                   pretrained_models, read_result, run_coupling)
 from metrics import is_kl
 from model import pick_device
-from figures import number
+from figures import number, value_label
 from report import comparison, draw_line, group, held_out_table, markdown_table, verdict_table, write_report, write_text
 from suites import (DRAWS, MAIN_TASKS, QUICK_SEEDS, SWEEPS, default_seeds, directions_configs, draw, main_configs,
                     sweep_configs)
@@ -253,6 +253,9 @@ def fill_readme(blocks):
     write_text(text, path)
 
 
+NEW_BEHAVIOUR = ("held_out_arms", "held_out_query", "word_diversity")  # the README's new-behaviour table
+
+
 def publish(experiments):
     """Maintainers only: copy your results of the named experiments and your benchmarks into the reference
     (each result replacing a reference result of the same run), then rebuild REPORT.md, the figures and the README's main table
@@ -269,10 +272,9 @@ def publish(experiments):
     write_report(results, os.path.join(REPO, "REPORT.md"), os.path.join(REPO, "figures"),
                  sweeps=saved_sweeps(store(reference=True)), about=about, command="make publish",
                  directions=load_results(os.path.join(store(reference=True), "directions")), second_draw=second_draw)
-    held_out = load_results(os.path.join(store(reference=True), "held_out_feature"))
+    held_out = [(name, SWEEPS[name], load_results(os.path.join(store(reference=True), name))) for name in NEW_BEHAVIOUR]
     main_table = verdict_table(group(results)) + (f"\n\n{draw_line(second_draw)}" if second_draw else "")
-    fill_readme({"main table": main_table, "ranges": ranges_table(),
-                 "new behaviour": held_out_table(SWEEPS["held_out_feature"], held_out) if held_out else "not yet published"})
+    fill_readme({"main table": main_table, "ranges": ranges_table(), "new behaviour": held_out_table(held_out)})
     print("rebuilt REPORT.md, figures/ and the README's main table and ranges from results/ and the code")
 
 
@@ -324,6 +326,14 @@ def parse_list(text, name, kind, most=1000):
     return values
 
 
+def chosen_values(name, text):
+    """The values of a sweep's knob that --values names by their labels (None: every value)."""
+    if not text:
+        return None
+    labels = {value_label(SWEEPS[name].knob, v): v for v in SWEEPS[name].values}
+    return [labels[check_choice(f"--values of {name}", label, labels)] for label in parse_list(text, "values", str)]
+
+
 def build_parser():
     parser = Parser(description="Introspective coupling experiments: compute yours, compare with the reference.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -338,6 +348,8 @@ def build_parser():
     sweep.add_argument("--tasks", default="", help=f"comma-separated, from: {', '.join(TASKS)} (default: the "
                        "sweep's own: hint, judgement for agreement, all three for shift_location)")
     sweep.add_argument("--seeds", default="0-2", help="comma-separated integers or ranges such as 0-9")
+    sweep.add_argument("--values", default="", help="comma-separated values of the knob, as its tables label them "
+                       "(default: every value; e.g. a for the first arm of held_out_arms)")
     directions = sub.add_parser("directions", help="hint and refusal with the other shift directions (acquire, "
                                 "both), with and without KL, beside the main result's")
     directions.add_argument("--seeds", default="", help="comma-separated integers or ranges such as 0-9 (default: "
@@ -393,7 +405,8 @@ def run(args, command):
         tasks = parse_list(args.tasks, "tasks", str) if args.tasks else None
         seeds = parse_list(args.seeds, "seeds", int)
         names = [check_choice("sweep", name, SWEEPS) for name in parse_list(args.name, "sweep", str)]
-        suite = [(name, sweep_configs(name, tasks, seeds, device), False) for name in names]
+        suite = [(name, sweep_configs(name, tasks, seeds, device, chosen_values(name, args.values)), False)
+                 for name in names]
     elif args.command == "reproduce-all":
         suite = [("main", main_configs(device=device), True)] + \
                 [(name, sweep_configs(name, device=device), False) for name in SWEEPS]

@@ -204,7 +204,9 @@ def by_value(sweep, results):
 SWEEP_LABELS = {"gap": "Self - Orig", "blind_gap": "input-blind gap", "c_blind_gap": "C-blind gap", "self_flipped": "Self@flipped",
                 "orig_flipped": "Orig@flipped", "verdict_tracking": "verdict tracking", "self": "Self", "orig": "Orig",
                 "malformed": "malformed", "explained_self": "Self on the explained words",
-                "balanced_self": "Self, balanced over verdicts"}
+                "balanced_self": "Self, balanced over verdicts",
+                "unlabelled_balanced_self": "learnt, unlabelled words: balanced Self",
+                "explained_balanced_self": "explained words: balanced Self"}
 PANEL_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
 
 

@@ -228,7 +228,10 @@ def failures_table(groups):
 EXTRA_NAMES = {"orig_other": "Orig-other", "gap_other": "Self - Orig-other",
                "family_agreement": "labels agree across families", "shift_learned": "shift learned",
                "explained_self": "explained words: Self", "untrained_self": "untrained model: Self",
-               "balanced_self": "Self, balanced over verdicts"}
+               "balanced_self": "Self, balanced over verdicts",
+               "unlabelled_balanced_self": "learnt, unlabelled words: balanced Self",
+               "untrained_unlabelled_balanced_self": "untrained: unlabelled words' balanced Self",
+               "explained_balanced_self": "explained words: balanced Self"}
 UNTRAINED = "untrained_"  # a sweep's own metric named so is read at step 0, before explanation training
 
 
@@ -254,19 +257,26 @@ def sweep_table(sweep, results):
                            *(EXTRA_NAMES[e] for e in sweep.extra)], rows)
 
 
-def held_out_table(sweep, results):
-    """The README's new-behaviour table: per number of explained features, the held-out word's Self,
-    Orig, Self@flipped, balanced Self and malformed rate, the labelled words' Self, and the untrained
-    model's Self (mean ± 95% interval over seeds)."""
+def held_out_table(experiments):
+    """The README's new-behaviour table: per experiment ([(name, sweep, results)]) and value, balanced Self
+    of blorp and of the words M0 learnt that no label covers, each bold where its 95% interval over seeds
+    lies above 0.5 (the rule), the labelled words' Self, and the learnt words' balanced Self before training."""
     rows = []
-    for task, values in by_value(sweep, results).items():
-        for value, runs in values.items():
-            col = lambda key, **kw: fmt([extra_metric(r, key) for r in runs], digits=2, **kw)
-            rows.append([task, value_label(sweep.knob, value), len(runs), col("self"), col("orig"),
-                         col("self_flipped"), f"**{col('balanced_self')}**", col("malformed"),
-                         col("explained_self"), col("untrained_self")])
-    return markdown_table(["task", sweep.label, "seeds", "Self", "Orig", "Self@flipped", "balanced Self", "malformed",
-                           "labelled words: Self", "untrained: Self"], rows)
+    for name, sweep, results in experiments:
+        for task, values in by_value(sweep, results).items():
+            for value, runs in values.items():
+                cells = [[extra_metric(r, key) for r in runs] for key in ("balanced_self", "unlabelled_balanced_self")]
+                rows.append([f"{name} ({task})", value_label(sweep.knob, value), len(runs), *map(rule_cell, cells),
+                             fmt([extra_metric(r, "explained_self") for r in runs], digits=2),
+                             fmt([extra_metric(r, "untrained_unlabelled_balanced_self") for r in runs], digits=2)])
+    return markdown_table(["experiment", "setting", "seeds", "blorp: balanced Self", "learnt, unlabelled words: "
+                           "balanced Self", "labelled words: Self", "untrained: learnt words' balanced Self"], rows)
+
+
+def rule_cell(values):
+    """Mean ± 95% interval over seeds, bold where the interval lies above 0.5 (the held-out feature's rule)."""
+    mean, half = mean_ci(values)
+    return f"**{fmt(values, digits=2)}**" if defined(half) and mean - half > 0.5 else fmt(values, digits=2)
 
 
 def fixed_text(sweep):

@@ -95,7 +95,7 @@ UNLABELLED_EXTRA = ("balanced_self", "unlabelled_balanced_self", "untrained_unla
 UNLABELLED_PANEL = ("balanced_self", "unlabelled_balanced_self", "explained_balanced_self", "malformed")
 # The held-out feature's diagnostic and diversity sweeps: 7 explained words where they do not vary, and 4
 # words M0 learns without a label; the diversity sweep keeps the labelled word items near 2,100 in all
-HELD_OUT_ARMS = ("a: learnt by M0, no shift", "b: taught by the shift", "c: the shift in its embedding row")
+HELD_OUT_ARMS = ("a", "b", "c")
 DIVERSITY = (8, 16, 32, 64, 128, 256)
 HELD_OUT_PANEL = ("self", "orig", "balanced_self", "malformed", "explained_self")
 
@@ -141,7 +141,8 @@ SWEEPS = {
                            + HELD_OUT_COLUMNS, "explanations of the new behaviour were 79.8% accurate",
                            extra=HELD_OUT_EXTRA, fixed=(("shift", "trigger"), ("explained_features", 4)),
                            panel=HELD_OUT_PANEL),
-    "held_out_arms": Sweep("arm", HELD_OUT_ARMS, "how the held-out word gets its behaviour",
+    "held_out_arms": Sweep("arm", HELD_OUT_ARMS, "arm (a: words M0 learnt, no shift; b: blorp, the shift in every "
+                           "weight; c: blorp, the shift in its embedding row)",
                            "Why is blorp never explained? Three arms on the same M0 and the same labels (the task's "
                            "C and 7 words labelled, 4 more words M0 learns that no label covers): a, no shift, "
                            "the explanations asked about the 4 unlabelled words, which M0 learnt in pretraining; "
@@ -187,12 +188,13 @@ SWEEPS = {
 }
 
 
-def sweep_configs(name, tasks=None, seeds=(0, 1, 2), device="auto"):
+def sweep_configs(name, tasks=None, seeds=(0, 1, 2), device="auto", values=None):
+    """The runs of a sweep: per seed and task, one per value of its knob (values: those only)."""
     sweep = SWEEPS[name]
     configs = []
     for seed in seeds:
         for task in tasks or sweep.tasks:
-            for value in sweep.values:
+            for value in values or sweep.values:
                 chosen = {**dict(sweep.fixed), **sweep.settings_of(value)}
                 explain = {k.removeprefix("explain."): x for k, x in chosen.items() if k.startswith("explain.")}
                 run = {k: x for k, x in chosen.items() if not k.startswith("explain.")}

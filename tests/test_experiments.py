@@ -202,6 +202,7 @@ def test_the_comparison_puts_your_numbers_beside_the_reference_and_applies_the_b
                                              "label_noise, learning_rate, agreement, trigger, held_out_feature, feature_items, "
                                              "held_out_arms, word_diversity, held_out_query, capacity, shift_location"),
     (["sweep", "trigger,nosuch"], "error: sweep='nosuch' is unknown; allowed: other_model, label_noise"),
+    (["sweep", "held_out_arms", "--values", "d"], "error: --values of held_out_arms='d' is unknown; allowed: a, b, c"),
     (["show", "--task", "hint", "--seed", "3"], "no saved run of hint seed3_kl_")])
 def test_bad_suite_flags_exit_with_one_line_and_write_nothing(argv, message, capsys, mine):
     with pytest.raises(SystemExit) as stop:
@@ -330,3 +331,18 @@ def test_your_runs_are_put_beside_the_reference_draw_of_their_thread_count_where
     assert ex.reference_draw(runs(2)) == "main_threads2"  # published: the same runs on the reference's machine
     assert ex.reference_draw(runs(4)) == "main"  # not published
     assert ex.reference_draw(runs(1) + runs(2)) == "main"
+
+
+def test_a_sweep_value_may_set_several_fields_and_is_read_back_from_a_saved_config():
+    from dataclasses import asdict
+    from suites import SWEEPS, sweep_configs
+    arms = sweep_configs("held_out_arms", seeds=(5,))
+    assert [(c.schedule, c.explain.shift_in, c.shift, c.explained_features, c.unlabelled_features) for c in arms] == \
+        [("none", "all", "trigger", 8, 4), ("sharp", "all", "trigger", 8, 4), ("sharp", "word", "trigger", 8, 4)]
+    assert [SWEEPS["held_out_arms"].value_of(asdict(c)) for c in arms] == ["a", "b", "c"]
+    diverse = sweep_configs("word_diversity", seeds=(0,))
+    assert [c.explained_features for c in diverse] == [8, 16, 32, 64, 128, 256]
+    assert all(2000 <= c.feature_items * (c.explained_features - 1) <= 2200 for c in diverse)  # about fixed
+    assert [SWEEPS["word_diversity"].value_of(asdict(c)) for c in diverse] == [8, 16, 32, 64, 128, 256]
+    assert [c.explain.lr for c in sweep_configs("learning_rate", seeds=(0,), values=[2e-3])] == [2e-3]
+    assert ex.chosen_values("held_out_arms", "c,a") == ["c", "a"] and ex.chosen_values("held_out_arms", "") is None

@@ -135,19 +135,19 @@ def test_the_held_out_feature_sweep_tables_the_untrained_model_and_the_explained
     assert (tmp_path / "figs" / "held_out_feature.png").exists()
 
 
-def test_the_new_behaviour_table_reads_the_held_out_word_and_the_untrained_model():
+def test_the_new_behaviour_table_bolds_only_an_interval_above_one_half_for_blorp_and_the_learnt_words():
     from suites import SWEEPS
 
-    def run(k, seed, balanced):
-        final = {"self": 0.5, "orig": 0.25, "self_flipped": 0.75, "balanced_self": balanced, "malformed": 0.0,
-                 "explained_self": 0.9}
-        return {"config": {"task": "hint", "seed": seed, "explained_features": k}, "final": final,
-                "baseline": {"self": 0.0}}
-    table = report.held_out_table(SWEEPS["held_out_feature"], [run(8, 1, 0.6), run(1, 0, 0.5), run(8, 0, 0.4)])
-    rows = table.splitlines()[2:]
-    assert [row.split(" | ")[1] for row in rows] == ["1", "8"]  # the sweep's own order
-    assert rows[1].split(" | ")[2:4] == ["2", "0.50 ± 0.00"] and "**0.50 ± 1.27**" in rows[1]
-    assert rows[1].endswith("| 0.90 ± 0.00 | 0.00 ± 0.00 |")  # the labelled words, then the untrained model
+    def run(arm, seed, blorp, learnt):
+        schedule, shift_in = dict(SWEEPS["held_out_arms"].settings[arm]).values()
+        final = {"balanced_self": blorp, "unlabelled_balanced_self": learnt, "explained_self": 0.9}
+        return {"config": {"task": "hint", "seed": seed, "schedule": schedule, "explain": {"shift_in": shift_in}},
+                "final": final, "baseline": {"unlabelled_balanced_self": 0.0}}
+    runs = [run(2, 0, 0.6, 0.9), run(0, 0, 0.5, 0.8), run(0, 1, 0.4, 0.7), run(0, 2, 0.45, 0.75), run(2, 1, 0.4, 0.4)]
+    rows = report.held_out_table([("held_out_arms", SWEEPS["held_out_arms"], runs)]).splitlines()[2:]
+    assert [row.split(" | ")[1] for row in rows] == ["a", "c"]
+    assert rows[0].split(" | ")[2:] == ["3", "0.45 ± 0.12", "**0.75 ± 0.12**", "0.90 ± 0.00", "0.00 ± 0.00 |"]
+    assert rows[1].split(" | ")[2:5] == ["2", "0.50 ± 1.27", "0.65 ± 3.18"]  # intervals reaching below 0.5
 
 
 def test_the_readmes_line_on_a_second_draw_gives_each_tasks_runs_coupled_and_bar():
