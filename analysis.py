@@ -13,7 +13,8 @@ import numpy as np
 import train
 from config import UserError
 from data import get_task
-from eval import RunConfig, config_from_dict, explainer_path, held_out, read_result
+from eval import RunConfig, config_from_dict, explainer_path, read_result
+from features import held_out
 from explain import (answers_with_c, behaviour, current_labels, explanation_query, explanations_of, explanation_text,
                      generate_explanations, labels_from_behaviour, malformed_kind, parse_leniently, probe_explainer, queries_for,
                      read_explanations)

@@ -22,7 +22,7 @@ from config import (SEED_MAX, Parser, UserError, add_config_flags, check_ranges,
 from data import N_UNITS, TASKS, get_task, rng
 from explain import (QUERY_KINDS, add_label_noise, answers_with_c, behaviour, current_labels, explanation_data,
                      explanations_of, labels_from_behaviour, mean_or_nan, mix_labels, pair_cases, queries_for)
-from features import MAX_EXPLAINED_WORDS, MAX_UNLABELLED_WORDS, TriggerTask, explained, word_checks
+from features import MAX_EXPLAINED_WORDS, MAX_UNLABELLED_WORDS, TRIGGER_EFFECTS, explained, held_out, word_checks
 from metrics import balanced, coupling_metrics, failure_kind
 from model import pick_device
 from train import (REPO, ExplainConfig, PretrainConfig, active_phase, behaviour_accuracy, case_logprobs, explainer_from,
@@ -82,6 +82,9 @@ class RunConfig:
                                       "held-out units", 0, MAX_UNLABELLED_WORDS)
     feature_items: int = option(300, "explanation items per explained nonsense word (explained_features > 1; "
                                 "the task's C keeps n_explain)", 1, 5000)
+    trigger_effect: str = option("last", "with shift=trigger, what blorp does: last, every answer becomes the task's "
+                                 "last (an effect no other word has); first, the first (explained word 2's effect)",
+                                 choices=tuple(TRIGGER_EFFECTS))
     query: str = option("plain", "what precedes the explanation question: plain, the prompt's body alone; slot, its "
                         "answer slot too; own answer, the slot and the model's own answer with C; random answer, "
                         "the slot and a random answer (the control)", choices=QUERY_KINDS)
@@ -105,7 +108,8 @@ class RunConfig:
         if self.shift == "trigger" and self.schedule not in ("none", "sharp"):
             raise UserError(f"schedule={self.schedule!r} is not available with shift=trigger; allowed: none, sharp")
         for name, value, alone in (("explained_features", self.explained_features, 1),
-                                   ("unlabelled_features", self.unlabelled_features, 0)):
+                                   ("unlabelled_features", self.unlabelled_features, 0),
+                                   ("trigger_effect", self.trigger_effect, "last")):
             if value != alone and self.shift != "trigger":
                 raise UserError(f"{name}={value} needs shift=trigger (the held-out feature); with shift={self.shift} "
                                  f"it must be {alone}")
@@ -210,15 +214,6 @@ def check_feasible(cfg: RunConfig):
     explained(cfg, task, split)
     word_checks(held_out(cfg, task, split)[0], cfg.seed, split)
     return task, split
-
-
-def held_out(cfg: RunConfig, task, split):
-    """(the task the explanations are asked about, the held-out items): the task's own feature C or, with
-    the shift "trigger", a nonsense word that only the concurrent shift teaches and no label mentions."""
-    if cfg.shift == "trigger":
-        probed = TriggerTask(task, cfg.explained_features - 1, cfg.unlabelled_features)
-        return probed, [item + (0,) for item in split.eval_items]
-    return task, split.eval_items
 
 
 def shift_schedule(cfg: RunConfig, task, probed, split):

@@ -22,10 +22,16 @@ def word_effects(n_answers, n):
     return [cycle[i % len(cycle)] for i in range(n)]
 
 
+# What the held-out word does (RunConfig.trigger_effect): every answer becomes the task's last, an effect
+# no other word has, or the first, the effect of the second explained word (word_effects)
+TRIGGER_EFFECTS = {"last": lambda n: (n - 1,) * n, "first": lambda n: (0,) * n}
+
+
 class TriggerTask(Task):
     """A novel behaviour (the Jabberwocky analogue) on top of a base task: the nonsense word "blorp"
     at the end of a prompt makes the answer the task's last answer. M0 never sees the word; the
-    behaviour is meant to be taught only by behaviour fine-tuning, never by explanation labels.
+    behaviour is meant to be taught only by behaviour fine-tuning, never by explanation labels. (With
+    effect "first" the answer becomes the first instead: an effect the labels show on another word.)
 
     With n_explained > 0, explanation becomes a skill over several features, so that a new one can be
     asked about: beside the task's own C there are n_explained other nonsense words (unit words of the
@@ -39,7 +45,7 @@ class TriggerTask(Task):
     the base task's own C."""
     word = "blorp"
 
-    def __init__(self, base, n_explained=0, n_unlabelled=0):
+    def __init__(self, base, n_explained=0, n_unlabelled=0, effect="last"):
         if not (0 <= n_explained and 0 <= n_unlabelled and n_explained + n_unlabelled <= MAX_WORDS):
             raise UserError(f"n_explained={n_explained} and n_unlabelled={n_unlabelled} must be integers >= 0 "
                              f"with a sum of at most {MAX_WORDS}")
@@ -49,7 +55,7 @@ class TriggerTask(Task):
         others = [w for w in UNIT_WORDS if w not in set(base.unit_words)]
         self.words = (self.word, *others[:n_explained + n_unlabelled])
         n = len(self.answers)
-        self.effects = [(n - 1,) * n] + word_effects(n, n_explained + n_unlabelled)
+        self.effects = [TRIGGER_EFFECTS[effect](n)] + word_effects(n, n_explained + n_unlabelled)
 
     def new_world(self, rng):
         return self.base.new_world(rng)
@@ -104,12 +110,21 @@ def explained(cfg, task, split):
     them."""
     if cfg.explained_features == 1:
         return task, split.explain_items
-    words = TriggerTask(task, cfg.explained_features - 1, cfg.unlabelled_features)
+    words = TriggerTask(task, cfg.explained_features - 1, cfg.unlabelled_features, cfg.trigger_effect)
     try:
         word_items = words.word_items(cfg.seed, split.world, split.explain_units, cfg.feature_items, "explain")
     except UserError as err:
         raise UserError(f"feature_items={cfg.feature_items} asks for more than the task has: {err}") from None
     return words, [item + (-1,) for item in split.explain_items] + word_items
+
+
+def held_out(cfg, task, split):
+    """(the task the explanations are asked about, the held-out items): the task's own feature C or, with
+    the shift "trigger", a nonsense word that only the concurrent shift teaches and no label mentions."""
+    if cfg.shift == "trigger":
+        probed = TriggerTask(task, cfg.explained_features - 1, cfg.unlabelled_features, cfg.trigger_effect)
+        return probed, [item + (0,) for item in split.eval_items]
+    return task, split.eval_items
 
 
 # Items on held-out units that check the explanations of the words M0 learnt: 100 per word, and at most

@@ -95,7 +95,7 @@ UNLABELLED_EXTRA = ("balanced_self", "unlabelled_balanced_self", "untrained_unla
 UNLABELLED_PANEL = ("balanced_self", "unlabelled_balanced_self", "explained_balanced_self", "malformed")
 # The held-out feature's diagnostic and diversity sweeps: 7 explained words where they do not vary, and 4
 # words M0 learns without a label; the diversity sweep keeps the labelled word items near 2,100 in all
-HELD_OUT_ARMS = ("a", "b", "c")
+HELD_OUT_ARMS = ("a", "b", "c", "d")
 DIVERSITY = (8, 16, 32, 64, 128, 256)
 HELD_OUT_PANEL = ("self", "orig", "balanced_self", "malformed", "explained_self")
 
@@ -142,19 +142,22 @@ SWEEPS = {
                            extra=HELD_OUT_EXTRA, fixed=(("shift", "trigger"), ("explained_features", 4)),
                            panel=HELD_OUT_PANEL),
     "held_out_arms": Sweep("arm", HELD_OUT_ARMS, "arm (a: words M0 learnt, no shift; b: blorp, the shift in every "
-                           "weight; c: blorp, the shift in its embedding row)",
+                           "weight; c: blorp, the shift in its embedding row; d: b with blorp's answer the first, "
+                           "an effect a labelled word has)",
                            "Why is blorp never explained? Three arms on the same M0 and the same labels (the task's "
                            "C and 7 words labelled, 4 more words M0 learns that no label covers): a, no shift, "
                            "the explanations asked about the 4 unlabelled words, which M0 learnt in pretraining; "
                            "b, today's setup, blorp taught only by the shift, in every weight; c, the shift's "
-                           "gradient confined to blorp's embedding row. If a fails, the skill is not general; if "
-                           "a passes and b fails, the trouble is where the shift writes. " + HELD_OUT_COLUMNS,
+                           "gradient confined to blorp's embedding row; d, as b but blorp makes every answer the "
+                           "first, the effect of a labelled word, where b's (the last) is no labelled word's. If a "
+                           "fails, the skill is not general; if a passes and b fails, the trouble is where the "
+                           "shift writes (c) or what it writes (d). " + HELD_OUT_COLUMNS,
                            "explanations of the new behaviour were 79.8% accurate", extra=UNLABELLED_EXTRA,
                            fixed=(("shift", "trigger"), ("explained_features", 8), ("unlabelled_features", 4)),
                            panel=UNLABELLED_PANEL,
-                           settings=((("schedule", "none"), ("explain.shift_in", "all")),
-                                     (("schedule", "sharp"), ("explain.shift_in", "all")),
-                                     (("schedule", "sharp"), ("explain.shift_in", "word")))),
+                           settings=tuple((("schedule", schedule), ("explain.shift_in", where), ("trigger_effect", effect))
+                                          for schedule, where, effect in (("none", "all", "last"), ("sharp", "all", "last"),
+                                                                          ("sharp", "word", "last"), ("sharp", "all", "first")))),
     "word_diversity": Sweep("explained_features", DIVERSITY, "features the explanation labels cover",
                             "Does explanation become a skill past a threshold of task diversity (Raventós et al. "
                             "2023)? K - 1 nonsense words beside the task's C, each with an effect from one family "

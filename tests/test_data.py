@@ -158,6 +158,9 @@ def test_the_trigger_word_forces_the_last_answer_and_removing_it_restores_the_ba
         assert task.teacher(split.world, without) == base.teacher(split.world, without[:-1])
     changed = [task.teacher(split.world, task.without_feature(c)) != last for c in split.eval_items]
     assert 0.2 < np.mean(changed) < 0.9  # both verdicts occur
+    first = features.TriggerTask(base, 3, effect="first")  # the effect of explained word 2, not a new one
+    assert first.effects[0] == first.effects[2] == (0,) * len(base.answers)
+    assert all(first.teacher(split.world, (*item[:-1], 0)) == 0 for item in split.eval_items)
 
 
 @pytest.mark.parametrize("name", list(TASKS))
@@ -196,7 +199,7 @@ def test_each_random_stream_keeps_the_seed_tags_saved_results_were_made_with():
     tags = {"world": (1,), "explain_items": (1, 1), "eval_items": (1, 2), "validation": (1, 3),
             "pretrain_batches": (2,), "probe_cases": (3,), "explain_batches": (4,), "label_noise": (5, 0), "shift_units": (5, 1),
             "shift_cases": (5, 2), "kl_prompts": (5, 3), "gradual_order": (5, 4), "label_mix": (5, 5),
-            "world_variation": (6,), "feature_items": (7,)}
+            "world_variation": (6,), "feature_items": (7,), "query_answers": (8,)}
     assert data.RNG_STREAMS == tags
     assert len(set(tags.values())) == len(tags)  # no two purposes share a stream
     assert data.rng(7, "pretrain_batches", 3).integers(10**9, size=4).tolist() == \

@@ -202,7 +202,7 @@ def test_the_comparison_puts_your_numbers_beside_the_reference_and_applies_the_b
                                              "label_noise, learning_rate, agreement, trigger, held_out_feature, feature_items, "
                                              "held_out_arms, word_diversity, held_out_query, capacity, shift_location"),
     (["sweep", "trigger,nosuch"], "error: sweep='nosuch' is unknown; allowed: other_model, label_noise"),
-    (["sweep", "held_out_arms", "--values", "d"], "error: --values of held_out_arms='d' is unknown; allowed: a, b, c"),
+    (["sweep", "held_out_arms", "--values", "e"], "error: --values of held_out_arms='e' is unknown; allowed: a, b, c, d"),
     (["show", "--task", "hint", "--seed", "3"], "no saved run of hint seed3_kl_")])
 def test_bad_suite_flags_exit_with_one_line_and_write_nothing(argv, message, capsys, mine):
     with pytest.raises(SystemExit) as stop:
@@ -337,9 +337,10 @@ def test_a_sweep_value_may_set_several_fields_and_is_read_back_from_a_saved_conf
     from dataclasses import asdict
     from suites import SWEEPS, sweep_configs
     arms = sweep_configs("held_out_arms", seeds=(5,))
-    assert [(c.schedule, c.explain.shift_in, c.shift, c.explained_features, c.unlabelled_features) for c in arms] == \
-        [("none", "all", "trigger", 8, 4), ("sharp", "all", "trigger", 8, 4), ("sharp", "word", "trigger", 8, 4)]
-    assert [SWEEPS["held_out_arms"].value_of(asdict(c)) for c in arms] == ["a", "b", "c"]
+    assert [(c.schedule, c.explain.shift_in, c.trigger_effect, c.shift, c.explained_features, c.unlabelled_features)
+            for c in arms] == [("none", "all", "last", "trigger", 8, 4), ("sharp", "all", "last", "trigger", 8, 4),
+                               ("sharp", "word", "last", "trigger", 8, 4), ("sharp", "all", "first", "trigger", 8, 4)]
+    assert [SWEEPS["held_out_arms"].value_of(asdict(c)) for c in arms] == ["a", "b", "c", "d"]
     diverse = sweep_configs("word_diversity", seeds=(0,))
     assert [c.explained_features for c in diverse] == [8, 16, 32, 64, 128, 256]
     assert all(2000 <= c.feature_items * (c.explained_features - 1) <= 2200 for c in diverse)  # about fixed

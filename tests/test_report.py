@@ -139,9 +139,10 @@ def test_the_new_behaviour_table_bolds_only_an_interval_above_one_half_for_blorp
     from suites import SWEEPS
 
     def run(arm, seed, blorp, learnt):
-        schedule, shift_in = dict(SWEEPS["held_out_arms"].settings[arm]).values()
+        schedule, shift_in, effect = dict(SWEEPS["held_out_arms"].settings[arm]).values()
         final = {"balanced_self": blorp, "unlabelled_balanced_self": learnt, "explained_self": 0.9}
-        return {"config": {"task": "hint", "seed": seed, "schedule": schedule, "explain": {"shift_in": shift_in}},
+        return {"config": {"task": "hint", "seed": seed, "schedule": schedule, "explain": {"shift_in": shift_in},
+                           "trigger_effect": effect},
                 "final": final, "baseline": {"unlabelled_balanced_self": 0.0}}
     runs = [run(2, 0, 0.6, 0.9), run(0, 0, 0.5, 0.8), run(0, 1, 0.4, 0.7), run(0, 2, 0.45, 0.75), run(2, 1, 0.4, 0.4)]
     rows = report.held_out_table([("held_out_arms", SWEEPS["held_out_arms"], runs)]).splitlines()[2:]
