@@ -257,14 +257,15 @@ def sweep_table(sweep, results):
                            *(EXTRA_NAMES[e] for e in sweep.extra)], rows)
 
 
-def held_out_table(experiments):
-    """The README's new-behaviour table: per experiment ([(name, sweep, results)]) and value, balanced Self
-    of blorp and of the words M0 learnt that no label covers, each bold where its 95% interval over seeds
-    lies above 0.5 (the rule), the labelled words' Self, and the learnt words' balanced Self before training."""
+def held_out_table(experiments, seeds=10):
+    """The README's new-behaviour table: per experiment ([(name, sweep, results)]) and value run on at least
+    `seeds` seeds (what the rule judges), balanced Self of blorp and of the words M0 learnt that no label
+    covers, each bold where its 95% interval lies above 0.5 (the rule), the labelled words' Self, and the
+    learnt words' balanced Self before training."""
     rows = []
     for name, sweep, results in experiments:
         for task, values in by_value(sweep, results).items():
-            for value, runs in values.items():
+            for value, runs in ((v, runs) for v, runs in values.items() if len(runs) >= seeds):
                 cells = [[extra_metric(r, key) for r in runs] for key in ("balanced_self", "unlabelled_balanced_self")]
                 rows.append([f"{name} ({task})", value_label(sweep.knob, value), len(runs), *map(rule_cell, cells),
                              fmt([extra_metric(r, "explained_self") for r in runs], digits=2),

@@ -90,7 +90,7 @@ HELD_OUT_COLUMNS = ("Balanced Self: the mean of Self where blorp changes the ans
                     "units. Untrained model: step 0.")
 HELD_OUT_EXTRA = ("balanced_self", "explained_self", "untrained_self", "shift_learned")
 # Words M0 learnt that no label covers (unlabelled_features): their balanced Self, trained and at step 0
-UNLABELLED_EXTRA = ("balanced_self", "unlabelled_balanced_self", "untrained_unlabelled_balanced_self",
+UNLABELLED_EXTRA = ("unlabelled_balanced_self", "untrained_unlabelled_balanced_self",
                     "explained_balanced_self", "shift_learned")
 UNLABELLED_PANEL = ("balanced_self", "unlabelled_balanced_self", "explained_balanced_self", "malformed")
 # The held-out feature's diagnostic and diversity sweeps: 7 explained words where they do not vary, and 4
@@ -141,10 +141,8 @@ SWEEPS = {
                            + HELD_OUT_COLUMNS, "explanations of the new behaviour were 79.8% accurate",
                            extra=HELD_OUT_EXTRA, fixed=(("shift", "trigger"), ("explained_features", 4)),
                            panel=HELD_OUT_PANEL),
-    "held_out_arms": Sweep("arm", HELD_OUT_ARMS, "arm (a: words M0 learnt, no shift; b: blorp, the shift in every "
-                           "weight; c: blorp, the shift in its embedding row; d: b with blorp's answer the first, "
-                           "an effect a labelled word has)",
-                           "Why is blorp never explained? Three arms on the same M0 and the same labels (the task's "
+    "held_out_arms": Sweep("arm", HELD_OUT_ARMS, "arm",
+                           "Why is blorp never explained? Four arms on the same M0 and the same labels (the task's "
                            "C and 7 words labelled, 4 more words M0 learns that no label covers): a, no shift, "
                            "the explanations asked about the 4 unlabelled words, which M0 learnt in pretraining; "
                            "b, today's setup, blorp taught only by the shift, in every weight; c, the shift's "

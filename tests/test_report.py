@@ -145,7 +145,8 @@ def test_the_new_behaviour_table_bolds_only_an_interval_above_one_half_for_blorp
                            "trigger_effect": effect},
                 "final": final, "baseline": {"unlabelled_balanced_self": 0.0}}
     runs = [run(2, 0, 0.6, 0.9), run(0, 0, 0.5, 0.8), run(0, 1, 0.4, 0.7), run(0, 2, 0.45, 0.75), run(2, 1, 0.4, 0.4)]
-    rows = report.held_out_table([("held_out_arms", SWEEPS["held_out_arms"], runs)]).splitlines()[2:]
+    rows = report.held_out_table([("held_out_arms", SWEEPS["held_out_arms"], runs)], seeds=2).splitlines()[2:]
+    assert len(report.held_out_table([("held_out_arms", SWEEPS["held_out_arms"], runs)], seeds=3).splitlines()) == 3
     assert [row.split(" | ")[1] for row in rows] == ["a", "c"]
     assert rows[0].split(" | ")[2:] == ["3", "0.45 ± 0.12", "**0.75 ± 0.12**", "0.90 ± 0.00", "0.00 ± 0.00 |"]
     assert rows[1].split(" | ")[2:5] == ["2", "0.50 ± 1.27", "0.65 ± 3.18"]  # intervals reaching below 0.5
