@@ -96,6 +96,8 @@ UNLABELLED_PANEL = ("balanced_self", "unlabelled_balanced_self", "explained_bala
 # The held-out feature's diagnostic and diversity sweeps: 7 explained words where they do not vary, and 4
 # words M0 learns without a label; the diversity sweep keeps the labelled word items near 2,100 in all
 HELD_OUT_ARMS = ("a", "b", "c", "d")
+ARMS_FIXED = (("shift", "trigger"), ("explained_features", 8), ("unlabelled_features", 4))
+JABBERWOCKY = "explanations of the new behaviour were 79.8% accurate"  # the paper's held-out trigger
 DIVERSITY = (8, 16, 32, 64, 128, 256)
 HELD_OUT_PANEL = ("self", "orig", "balanced_self", "malformed", "explained_self")
 
@@ -132,27 +134,25 @@ SWEEPS = {
                               "held-out word \"blorp\" (every answer becomes the last) is taught only by the "
                               "concurrent shift, on held-out units, and the explanations are asked about it. 1: "
                               "the task's C alone, as in the sweep trigger. " + HELD_OUT_COLUMNS,
-                              "explanations of the new behaviour were 79.8% accurate", extra=HELD_OUT_EXTRA,
+                              JABBERWOCKY, extra=HELD_OUT_EXTRA,
                               fixed=(("shift", "trigger"),), panel=HELD_OUT_PANEL),
     "feature_items": Sweep("feature_items", (30, 100, 300, 1000), "explanation items per explained word",
                            "The held-out feature (sweep held_out_feature) with 4 explained features, the task's C "
                            "and 3 nonsense words: does the explanation of the held-out word depend on how many "
                            "labelled items each explained word gets? The task's C keeps its n_explain. "
-                           + HELD_OUT_COLUMNS, "explanations of the new behaviour were 79.8% accurate",
+                           + HELD_OUT_COLUMNS, JABBERWOCKY,
                            extra=HELD_OUT_EXTRA, fixed=(("shift", "trigger"), ("explained_features", 4)),
                            panel=HELD_OUT_PANEL),
     "held_out_arms": Sweep("arm", HELD_OUT_ARMS, "arm",
                            "Why is blorp never explained? Four arms on the same M0 and the same labels (the task's "
                            "C and 7 words labelled, 4 more words M0 learns that no label covers): a, no shift, "
                            "the explanations asked about the 4 unlabelled words, which M0 learnt in pretraining; "
-                           "b, today's setup, blorp taught only by the shift, in every weight; c, the shift's "
+                           "b, the held_out_feature setup, blorp taught only by the shift, in every weight; c, the shift's "
                            "gradient confined to blorp's embedding row; d, as b but blorp makes every answer the "
                            "first, the effect of a labelled word, where b's (the last) is no labelled word's. If a "
                            "fails, the skill is not general; if a passes and b fails, the trouble is where the "
                            "shift writes (c) or what it writes (d). " + HELD_OUT_COLUMNS,
-                           "explanations of the new behaviour were 79.8% accurate", extra=UNLABELLED_EXTRA,
-                           fixed=(("shift", "trigger"), ("explained_features", 8), ("unlabelled_features", 4)),
-                           panel=UNLABELLED_PANEL,
+                           JABBERWOCKY, extra=UNLABELLED_EXTRA, fixed=ARMS_FIXED, panel=UNLABELLED_PANEL,
                            settings=tuple((("schedule", schedule), ("explain.shift_in", where), ("trigger_effect", effect))
                                           for schedule, where, effect in (("none", "all", "last"), ("sharp", "all", "last"),
                                                                           ("sharp", "word", "last"), ("sharp", "all", "first")))),
@@ -162,8 +162,8 @@ SWEEPS = {
                             "(to the next answers, to a fixed answer), labelled with about 2,100 word items in all "
                             "(2,100 / (K - 1) each); 4 more words that M0 learns and no label covers are asked "
                             "about on held-out units, and blorp, taught by the shift. " + HELD_OUT_COLUMNS,
-                            "explanations of the new behaviour were 79.8% accurate", extra=UNLABELLED_EXTRA,
-                            fixed=(("shift", "trigger"), ("unlabelled_features", 4)), panel=UNLABELLED_PANEL,
+                            JABBERWOCKY, extra=UNLABELLED_EXTRA, fixed=(("shift", "trigger"), ("unlabelled_features", 4)),
+                            panel=UNLABELLED_PANEL,
                             settings=tuple((("explained_features", k), ("feature_items", round(2100 / (k - 1))))
                                            for k in DIVERSITY)),
     "held_out_query": Sweep("query", QUERY_KINDS, "what precedes the explanation question",
@@ -172,9 +172,7 @@ SWEEPS = {
                             "query after the prompt's body (plain), after its answer slot (slot), or after the "
                             "slot with an answer in it: the model's own with C (own answer, a weaker claim: the "
                             "answer is given) or a random one (random answer, its control). " + HELD_OUT_COLUMNS,
-                            "explanations of the new behaviour were 79.8% accurate", extra=UNLABELLED_EXTRA,
-                            fixed=(("shift", "trigger"), ("explained_features", 8), ("unlabelled_features", 4)),
-                            panel=UNLABELLED_PANEL),
+                            JABBERWOCKY, extra=UNLABELLED_EXTRA, fixed=ARMS_FIXED, panel=UNLABELLED_PANEL),
     "capacity": Sweep("explain.lora_rank", (1, 2, 4, 16, 0), "LoRA rank of the explanation stage (0: full)",
                       "Does coupling need the capacity of full fine-tuning? Ranks 1-16: M0's transformer "
                       "weights frozen, only the adapters and the token embedding train.",
