@@ -179,7 +179,8 @@ def run_suites(suites, jobs=1):
         f, cfg = result["final"], entry["cfg"]
         bar.write(f"  {entry['experiment']} {cfg.task} {cfg.name}: Self {f['self']:.3f} Orig {f['orig']:.3f} "
                   f"gap {f['gap']:+.3f} flipped {f['n_flipped']} "
-                  f"(verdict tracking {number(f['verdict_tracking'], '.2f')}) "
+                  f"(verdict tracking {number(f['verdict_tracking'], '.2f')}, balanced Self "
+                  f"{number(f['balanced_self'], '.2f')}) "
                   f"({result['seconds']:.0f} s)")
         results.update(dict.fromkeys(entry["paths"], result))
         bar.update(len(entry["paths"]))
