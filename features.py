@@ -91,9 +91,9 @@ class TriggerTask(Task):
         """n distinct items per word on `units`, from the seed: base cases with the word appended.
         purpose: "explain" (labels for the explained words, from the explanation half), "check" (the
         explained words on held-out units) or "unlabelled" (the unlabelled words on held-out units)."""
-        words = range(1, self.n_explained + 1) if purpose != "unlabelled" else range(self.n_explained + 1, len(self.words))
+        first, last = (self.n_explained + 1, len(self.words) - 1) if purpose == "unlabelled" else (1, self.n_explained)
         items = []
-        for word in words:
+        for word in range(first, last + 1):
             draws = rng(seed, "feature_items", ("explain", "check", "unlabelled").index(purpose), word)
             items += self._distinct_items(draws, world, units, n, set(),
                                           lambda r, _, u, word=word: self.base.random_case(r, u) + (word,))
@@ -103,6 +103,11 @@ class TriggerTask(Task):
         return self.base.eval_units(split_heldout, all_units)
 
 
+def run_words(cfg, task):
+    """A run's TriggerTask: its explained and unlabelled words, and what blorp does."""
+    return TriggerTask(task, cfg.explained_features - 1, cfg.unlabelled_features, cfg.trigger_effect)
+
+
 def explained(cfg, task, split):
     """(the task the explanation labels are asked through, the explanation items): the task's own C on
     the explanation items or, with explained_features > 1, the same items and feature_items more per
@@ -110,7 +115,7 @@ def explained(cfg, task, split):
     them."""
     if cfg.explained_features == 1:
         return task, split.explain_items
-    words = TriggerTask(task, cfg.explained_features - 1, cfg.unlabelled_features, cfg.trigger_effect)
+    words = run_words(cfg, task)
     try:
         word_items = words.word_items(cfg.seed, split.world, split.explain_units, cfg.feature_items, "explain")
     except UserError as err:
@@ -122,8 +127,7 @@ def held_out(cfg, task, split):
     """(the task the explanations are asked about, the held-out items): the task's own feature C or, with
     the shift "trigger", a nonsense word that only the concurrent shift teaches and no label mentions."""
     if cfg.shift == "trigger":
-        probed = TriggerTask(task, cfg.explained_features - 1, cfg.unlabelled_features, cfg.trigger_effect)
-        return probed, [item + (0,) for item in split.eval_items]
+        return run_words(cfg, task), [item + (0,) for item in split.eval_items]
     return task, split.eval_items
 
 
