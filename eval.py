@@ -361,7 +361,7 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=None, log=print):
     evaluate = Evaluator(cfg, split, m0, phases, shifted, other, log)
     # Stage B: learn to explain on the frozen labels, KL to M0 on task prompts, the shift alongside;
     # Self and Orig are measured every eval_every steps.
-    model = explainer_from(m0, cfg.explain.lora_rank)
+    model = explainer_from(m0, cfg.explain.lora_rank, cfg.explain.dropout)
     explain_data = explanation_data(labelled, explain_items, train_labels, queries_for(  # own answer: M0's
         cfg.query, cfg.seed, labelled, behaviour(m0, labelled, explain_items)[0], 0))
     shift_data = [(p.start, [(probed.encode(c), probed.teacher(p.world, c)) for c in p.cases]) for p in phases]

@@ -26,6 +26,7 @@ class GPTConfig:
     n_embd: int = 64
     lora_rank: int = 0  # 0: no adapters; r > 0 adds rank-r adapters to every attention and MLP projection
     lora_alpha: float = 16.0
+    dropout: float = 0.0  # on each block's attention and MLP outputs, in training mode only
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -113,12 +114,13 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(cfg)
         self.ln_2 = nn.LayerNorm(cfg.n_embd)
         self.mlp = MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout) if cfg.dropout else nn.Identity()  # no random draw without it
 
     def forward(self, x, rotary, at=None):
         """With `at`, only the outputs at those positions are computed: [B, P, n_embd]."""
         residual = x if at is None else x.gather(1, at[..., None].expand(-1, -1, x.shape[-1]))
-        x = residual + self.attn(self.ln_1(x), rotary, at)
-        return x + self.mlp(self.ln_2(x))
+        x = residual + self.drop(self.attn(self.ln_1(x), rotary, at))
+        return x + self.drop(self.mlp(self.ln_2(x)))
 
 
 class GPT(nn.Module):

@@ -359,6 +359,7 @@ class ExplainConfig:
                                   "words' embeddings; layers: those stay at M0's values under every loss, so the "
                                   "shift lives in the layers; word (shift=trigger): only the held-out word's row",
                            choices=SHIFT_IN)
+    dropout: float = option(0.0, "dropout in the explainer's blocks while it trains (M0 trains without)", 0.0, 0.9)
     explain_in: str = option("all", "where the explanation objective may write: all weights; layers: every weight "
                                     "but the unit words' embeddings, so it cannot store a label per unit and must "
                                     "read what the units hold", choices=("all", "layers"))
@@ -367,12 +368,11 @@ class ExplainConfig:
         check_ranges(self)
 
 
-def explainer_from(m0, lora_rank=0):
-    """The model stage B trains: a trainable copy of M0 (rank 0), or M0 with its transformer weights
-    frozen and rank-r LoRA adapters on every attention and MLP projection (which start as the identity
-    update). The tied token embedding stays trainable: M0 never saw the explanation words, so their
-    embeddings are untrained, as new tokens would be."""
-    model = GPT(replace(m0.cfg, lora_rank=lora_rank)).to(m0.device)
+def explainer_from(m0, lora_rank=0, dropout=0.0):
+    """The model stage B trains: a trainable copy of M0 (rank 0), or M0 with its transformer weights frozen
+    and rank-r LoRA adapters (starting as the identity update) on every attention and MLP projection. The
+    tied token embedding stays trainable: the explanation words' embeddings are as untrained as new tokens."""
+    model = GPT(replace(m0.cfg, lora_rank=lora_rank, dropout=dropout)).to(m0.device)
     missing, unexpected = model.load_state_dict(m0.state_dict(), strict=False)
     assert not unexpected and all("lora_" in key for key in missing), (missing, unexpected)
     for name, p in model.named_parameters():
@@ -420,12 +420,12 @@ def train_explainer(model, cfg: ExplainConfig, seed, explain_data, shift_phases,
     shift_phases: the concurrent shift's schedule, [(start_step, shift_data)] sorted by step, where
     shift_data are (prompt_ids, answer_index) pairs the behaviour should move to; from start_step on (to
     the next phase's start) the shift objective trains on that phase's data. [] or empty data: no shift.
-    kl_data: (prompt_ids, reference log-probs) pairs: task prompts whose answer distribution is held
-    near the frozen reference model's, computed once before training.
-    on_eval(step, model, losses) is called at step 0, every eval_every steps and at the end, with the
+    kl_data: (prompt_ids, reference log-probs) pairs: task prompts held near the frozen reference model's
+    answers, computed once before training. on_eval(step, model, losses) is called at step 0, every eval_every steps and at the end, with the
     mean of each loss part over the steps since the previous call: {"explain_loss", "shift_loss",
     "kl_loss" (before kl_weight)}, nan for a part absent from those steps (all of them at step 0)."""
     device = model.device
+    torch.manual_seed(seed)  # dropout's masks, the one random draw of stage B in torch, the same loaded or not
     optimizer = new_optimizer(model, cfg.lr, cfg.weight_decay)
     use_kl = cfg.kl_weight > 0 and len(kl_data) > 0
     lower = f"the learning rate (now {cfg.lr})" + (f" or the KL weight (now {cfg.kl_weight})" if use_kl else "")

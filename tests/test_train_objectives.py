@@ -141,3 +141,21 @@ def test_explain_in_layers_keeps_the_explanation_objective_off_the_unit_words_em
     moved = (model.tok_emb.weight - m0.tok_emb.weight).abs().sum(1) > 0
     assert bool(moved[unit].any()) is units_move and bool(moved[[1, 3, 4, 5, 7, 8]].all())
     assert not torch.equal(model.blocks[0].attn.qkv.weight, m0.blocks[0].attn.qkv.weight)
+
+
+def test_dropout_acts_only_while_the_explainer_trains_and_its_masks_follow_the_seed():
+    """An explainer with dropout answers as M0 in evaluation mode and differently in training mode; its
+    training is the same from the same seed whatever random draws came before (a loaded M0 or a trained
+    one); without dropout the blocks hold no dropout at all."""
+    m0 = tiny_gpt(TOKENIZER.n_vocab)
+    dropped = train.explainer_from(m0, dropout=0.5)
+    idx = torch.tensor([[1, 2, 3, 4]])
+    assert torch.equal(dropped(idx), m0.eval()(idx)) and not torch.equal(dropped.train()(idx), m0(idx))
+    assert not any(isinstance(m, torch.nn.Dropout) for m in train.explainer_from(m0).modules())
+    cfg = train.ExplainConfig(steps=3, explain_batch=2, dropout=0.5)
+    data = [([1, 2, 3], [4, 5]), ([6, 7], [8, 9])]
+
+    def trained(noise):
+        torch.rand(noise)  # draws made before stage B, as pretraining M0 makes and loading it does not
+        return train.train_explainer(train.explainer_from(m0, dropout=0.5), cfg, 7, data, [], [], ANSWERS)
+    assert all(torch.equal(a, b) for a, b in zip(trained(1).parameters(), trained(100).parameters()))
