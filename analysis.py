@@ -16,8 +16,8 @@ from data import get_task
 from eval import RunConfig, config_from_dict, explainer_path, read_result
 from features import held_out
 from explain import (answers_with_c, behaviour, current_labels, explanation_query, explanations_of, explanation_text,
-                     generate_explanations, labels_from_behaviour, malformed_kind, parse_leniently, probe_explainer, queries_for,
-                     read_explanations)
+                     generate_explanations, labels_from_behaviour, malformed_kind, parse_leniently, probe_explainer,
+                     queries_for, read_explanations)
 from metrics import coupling_metrics
 from model import GPT, GPTConfig, pick_device
 from patching import patching_effects
@@ -90,7 +90,6 @@ def show(cfg: RunConfig, n=3, runs_dir=None, out=print):
     (m0_with, m0_without), (now_with, now_without) = behaviour(m0, probed, items), behaviour(model, probed, items)
     frozen, current = labels_from_behaviour(m0_with, m0_without), labels_from_behaviour(now_with, now_without)
     queries = queries_for(cfg.query, cfg.seed, probed, now_with, 1)
-    queries = [queries] * len(items) if isinstance(queries, str) else queries
     explanations = explanations_of(model, probed, items, queries)
     flipped = ~current.matches(frozen)
     text = lambda labels, i: ("malformed" if labels.changed[i] < 0 else

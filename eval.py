@@ -187,9 +187,9 @@ class ShiftPhase:
 def frozen_labels(cfg: RunConfig, task, items, m0, runs_dir=None, log=print):
     """Stage A: E(M0) on the explanation items, a fraction other_labels of them from another model
     family's behaviour, a fraction label_noise with the verdict flipped. Returns (labels, the other
-    family's model or None, counts)."""
-    with_c, without_c = behaviour(m0, task, items)
-    labels, other, counts = labels_from_behaviour(with_c, without_c), None, {}
+    family's model or None, counts, M0's answers with C)."""
+    m0_with_c, without_c = behaviour(m0, task, items)
+    with_c, labels, other, counts = m0_with_c, labels_from_behaviour(m0_with_c, without_c), None, {}
     if cfg.other_labels:
         other, _ = pretrain(other_family(cfg), m0_path(other_family(cfg), runs_dir), log=log)
         other_with_c, other_without_c = behaviour(other, task, items)
@@ -201,7 +201,7 @@ def frozen_labels(cfg: RunConfig, task, items, m0, runs_dir=None, log=print):
     if cfg.label_noise:
         labels, flipped = add_label_noise(task, labels, with_c, cfg.label_noise, rng(cfg.seed, "label_noise"))
         counts["label_noise_flipped"] = len(flipped)
-    return labels, other, counts
+    return labels, other, counts, m0_with_c
 
 
 def check_feasible(cfg: RunConfig):
@@ -305,9 +305,10 @@ class Evaluator:
 
     def __call__(self, step, model, losses):
         current, logp = current_labels(model, self.probed, self.items)
-        asked = queries_for(self.cfg.query, self.cfg.seed, self.probed, answers_with_c(logp), 1)
-        explanations = explanations_of(model, self.probed, self.items, asked)
-        metrics = coupling_metrics(explanations, current, self.original, answers_with_c(logp), self.shifted)
+        with_c = answers_with_c(logp)
+        explanations = explanations_of(model, self.probed, self.items,
+                                       queries_for(self.cfg.query, self.cfg.seed, self.probed, with_c, 1))
+        metrics = coupling_metrics(explanations, current, self.original, with_c, self.shifted)
         phase = active_phase([p.start for p in self.phases], max(step - 1, 0))  # what the last step trained
         metrics.update(step=step, seconds=round(time.time() - self.t0, 2), **losses,
                        task_accuracy=mean_or_nan(logp.argmax(-1).numpy() == self.targets[0 if phase is None else phase + 1]),
@@ -357,13 +358,13 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=None, log=print):
     # M0: the starting model, trained from scratch on the task's behaviour (or loaded).
     m0, m0_report = pretrain(cfg.pretrain, m0_path(cfg.pretrain, runs_dir), log=log)
     # Stage A: B(M0) on the explanation items gives the frozen labels E(M0), never refreshed.
-    train_labels, other, label_counts = frozen_labels(cfg, labelled, explain_items, m0, runs_dir, log)
+    train_labels, other, label_counts, m0_with_c = frozen_labels(cfg, labelled, explain_items, m0, runs_dir, log)
     evaluate = Evaluator(cfg, split, m0, phases, shifted, other, log)
     # Stage B: learn to explain on the frozen labels, KL to M0 on task prompts, the shift alongside;
     # Self and Orig are measured every eval_every steps.
     model = explainer_from(m0, cfg.explain.lora_rank, cfg.explain.dropout)
-    explain_data = explanation_data(labelled, explain_items, train_labels, queries_for(  # own answer: M0's
-        cfg.query, cfg.seed, labelled, behaviour(m0, labelled, explain_items)[0], 0))
+    explain_data = explanation_data(labelled, explain_items, train_labels,  # own answer: M0's, as the labels
+                                    queries_for(cfg.query, cfg.seed, labelled, m0_with_c, 0))
     shift_data = [(p.start, [(probed.encode(c), probed.teacher(p.world, c)) for c in p.cases]) for p in phases]
     kl_data = kl_prompts(cfg, labelled, explain_items, m0, shifted)
     train_explainer(model, cfg.explain, cfg.seed, explain_data, shift_data, kl_data, task.answer_ids, evaluate)

@@ -90,11 +90,11 @@ def explanation_query(task, case, query=QUERY):
 
 
 def queries_for(kind, seed, task, with_c, purpose):
-    """The query of each item under a QUERY_KINDS kind: one for every item, or with an answer in the slot
-    one per item: the model's own answer with C (with_c, per item), or with "random answer" one drawn once
-    from the seed for this purpose (0: explanation items, 1: held-out items, 2 and 3: word checks)."""
+    """The query of each item (with_c: the model's answers with C, one per item) under a QUERY_KINDS kind;
+    with an answer in the slot, the model's own or, with "random answer", one drawn once from the seed for
+    this purpose (0: explanation items, 1: held-out items, 2 and 3: word checks)."""
     if kind in ("plain", "slot"):
-        return QUERY if kind == "plain" else task.slot + QUERY
+        return [QUERY if kind == "plain" else task.slot + QUERY] * len(with_c)
     drawn = rng(seed, "query_answers", purpose).integers(len(task.answers), size=len(with_c))
     return [f"{task.slot} {task.answers[a]}{QUERY}" for a in (with_c if kind == "own answer" else drawn)]
 

@@ -421,9 +421,9 @@ def train_explainer(model, cfg: ExplainConfig, seed, explain_data, shift_phases,
     shift_data are (prompt_ids, answer_index) pairs the behaviour should move to; from start_step on (to
     the next phase's start) the shift objective trains on that phase's data. [] or empty data: no shift.
     kl_data: (prompt_ids, reference log-probs) pairs: task prompts held near the frozen reference model's
-    answers, computed once before training. on_eval(step, model, losses) is called at step 0, every eval_every steps and at the end, with the
-    mean of each loss part over the steps since the previous call: {"explain_loss", "shift_loss",
-    "kl_loss" (before kl_weight)}, nan for a part absent from those steps (all of them at step 0)."""
+    answers, computed once before training. on_eval(step, model, losses) is called at step 0, every
+    eval_every steps and at the end, with the mean of each loss part since the previous call: {"explain_loss",
+    "shift_loss", "kl_loss" (before kl_weight)}, nan for a part absent from those steps (all at step 0)."""
     device = model.device
     torch.manual_seed(seed)  # dropout's masks, the one random draw of stage B in torch, the same loaded or not
     optimizer = new_optimizer(model, cfg.lr, cfg.weight_decay)

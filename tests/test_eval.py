@@ -156,8 +156,8 @@ def test_label_noise_flips_the_verdict_of_exactly_the_asked_labels(tmp_path):
     task = ev.get_task(cfg.task)
     split = task.split(cfg.seed, cfg.n_explain, cfg.n_eval)
     m0, _ = pretrain(cfg.pretrain, m0_path(cfg.pretrain, str(tmp_path)), log=lambda *a: None)
-    clean, _, _ = ev.frozen_labels(cfg, task, split.explain_items, m0, str(tmp_path))
-    noisy, _, counts = ev.frozen_labels(ev.replace(cfg, label_noise=0.25), task, split.explain_items, m0,
+    clean, *_ = ev.frozen_labels(cfg, task, split.explain_items, m0, str(tmp_path))
+    noisy, _, counts, _ = ev.frozen_labels(ev.replace(cfg, label_noise=0.25), task, split.explain_items, m0,
                                         str(tmp_path))
     assert counts["label_noise_flipped"] == 10 == int((clean.changed != noisy.changed).sum())
 

@@ -105,7 +105,7 @@ def test_label_noise_on_labels_from_another_family_stays_consistent_with_that_fa
     the other family's answers, not M0's."""
     cfg = replace(run.cfg, other_labels=0.5, label_noise=0.5)
     items = run.split.explain_items
-    mixed, other, counts = ev.frozen_labels(cfg, run.task, items, run.m0, run.runs_dir)
+    mixed, other, counts, _ = ev.frozen_labels(cfg, run.task, items, run.m0, run.runs_dir)
     own_with_c, own_without_c = behaviour(run.m0, run.task, items)
     other_with_c, other_without_c = behaviour(other, run.task, items)
     own, others = labels_from_behaviour(own_with_c, own_without_c), labels_from_behaviour(other_with_c, other_without_c)
