@@ -17,9 +17,11 @@ writes the reference.
 """
 import concurrent.futures
 import glob
+import math
 import multiprocessing
 import os
 import sys
+import textwrap
 import time
 from dataclasses import fields
 
@@ -30,10 +32,11 @@ from config import (SEED_MAX, Parser, UserError, allowed_text, check_choice, che
 from data import TASKS, get_task
 from eval import (REFERENCE, RunConfig, add_run_flags, check_feasible, config_from_args, config_from_dict, identity,
                   pretrained_models, read_result, run_coupling)
-from metrics import is_kl
+from metrics import is_kl, mean_ci, meets_bar
 from model import pick_device
 from figures import number, value_label
-from report import comparison, draw_line, group, held_out_table, markdown_table, verdict_table, write_report, write_text
+from report import (MEASURES_TEXT, RULE_TEXT, coupled_count, fmt, group, held_out_table, machines, markdown_table,
+                    target_text, verdict_table, write_report, write_text)
 from suites import (DRAWS, MAIN_TASKS, QUICK_SEEDS, SWEEPS, default_seeds, directions_configs, draw, main_configs,
                     sweep_configs)
 from train import REPO, ExplainConfig, PretrainConfig, atomic_write, load_checkpoint, pretrain, write_json
@@ -216,6 +219,48 @@ def saved_sweeps(root):
     return [entry for entry in found if entry[2]]
 
 
+def comparison(mine, reference):
+    """Markdown that reads in a 100-column terminal: per task and KL regime, a row of your runs and one of
+    the reference's (mean gap ± 95% interval, the blind explainers' mean gaps, verdict tracking, runs
+    coupled); then a line per task on whether the effect reproduced here, by the reference's own rule
+    (metrics.meets_bar on the runs with KL), beside the reference's verdict on the same seeds and on all
+    of its own (a few seeds can miss the bar where ten meet it)."""
+    mine_groups, ref_groups = group(mine), group(reference)
+    mean = lambda runs, key: fmt([mean_ci([r["final"].get(key, math.nan) for r in runs])[0]], signed=True)
+    row = lambda task, regime, who, runs: [task, "yes" if regime == "kl" else "no", who, len(runs),
+                                           fmt([r["final"]["gap"] for r in runs], signed=True), mean(runs, "blind_gap"),
+                                           mean(runs, "c_blind_gap"),
+                                           fmt([r["final"]["verdict_tracking"] for r in runs], digits=2),
+                                           coupled_count(runs)]
+    rows = [row(task, regime, who, runs) for (task, regime), yours in mine_groups.items()
+            for who, runs in (("yours", yours), ("reference", ref_groups.get((task, regime), []))) if runs]
+    table = markdown_table(["task", "KL", "runs", "seeds", "Self - Orig", "input-blind", "C-blind", "verdict tracking",
+                            "coupled"], rows)
+    verdict = lambda runs: ("met" if meets_bar([r["final"] for r in runs]) else
+                            "not met" if len(runs) > 1 else "undecided (one seed has no interval)")
+    def in_reference(task, seeds):
+        """The reference's verdict on your seeds (like for like), then on all of its own."""
+        runs = ref_groups.get((task, "kl"), [])
+        same = [r for r in runs if r["config"]["seed"] in seeds]
+        if not runs or len(same) == len(runs):
+            return verdict(runs) if runs else "no runs"
+        return f"{verdict(same) if same else 'no runs'} on your seeds, {verdict(runs)} on its {len(runs)}"
+    lines = [textwrap.fill(f"- {task}: the bar is {verdict(runs)} here; in the reference: "
+                           f"{in_reference(task, {r['config']['seed'] for r in runs})}.", 99, subsequent_indent="  ")
+             for (task, regime), runs in mine_groups.items() if regime == "kl"]
+    rule = textwrap.fill(f"{RULE_TEXT} {MEASURES_TEXT} n/a: not measured.", 99)
+    where = textwrap.fill(f"Yours: computed on {machines(mine)}. Reference: computed on "
+                          f"{machines(reference) or 'nothing'}. The same seed on another machine is a new draw, so "
+                          f"compare the distributions, not seed by seed.", 99)
+    return f"""{table}
+
+{rule}
+{chr(10).join(lines)}
+
+{where}
+"""
+
+
 def report_yours(mine, command):
     """Your report (runs/REPORT.md, figures in runs/figures) with your numbers beside the reference's,
     which is also printed."""
@@ -274,7 +319,7 @@ def publish(experiments):
                  sweeps=saved_sweeps(store(reference=True)), about=about, command="make publish",
                  directions=load_results(os.path.join(store(reference=True), "directions")), second_draw=second_draw)
     held_out = [(name, SWEEPS[name], load_results(os.path.join(store(reference=True), name))) for name in NEW_BEHAVIOUR]
-    main_table = verdict_table(group(results)) + (f"\n\n{draw_line(second_draw)}" if second_draw else "")
+    main_table = verdict_table(group(results)) + (f"\n\n{target_text([results, second_draw])}" if second_draw else "")
     fill_readme({"main table": main_table, "ranges": ranges_table(), "new behaviour": held_out_table(held_out)})
     print("rebuilt REPORT.md, figures/ and the README's main table and ranges from results/ and the code")
 

@@ -163,6 +163,18 @@ def meets_bar(finals):
     return all(map(defined, follows)) and tracked - half > 0.5
 
 
+TARGET_COUPLED, TARGET_TRACKING = 0.9, 0.8  # the recipe's target: 9 of 10 runs coupled, verdict tracking 0.8
+
+
+def meets_target(finals):
+    """What the recipe is asked of, per task and draw (the runs with KL): at least TARGET_COUPLED of the
+    runs coupled and a mean verdict tracking of at least TARGET_TRACKING. Stricter than the bar, which
+    asks only that the mean be above 0.5 with confidence; a recipe holds if it meets it on two draws."""
+    follows = [f["verdict_tracking"] for f in finals]
+    return sum(map(is_coupled, finals)) >= TARGET_COUPLED * len(finals) and all(map(defined, follows)) \
+        and float(np.mean(follows)) >= TARGET_TRACKING
+
+
 FAILURES = ("tracked, then lost it", "never generalised", "generalised, did not track")
 GENERALISES = 0.8  # Self on unflipped held-out items at or above which an explainer generalises
 

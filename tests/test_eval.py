@@ -85,6 +85,15 @@ def test_the_bar_needs_the_gaps_interval_above_zero(gaps, met):
     assert metrics.meets_bar([{"gap": g, "verdict_tracking": 0.9} for g in gaps]) is met
 
 
+@pytest.mark.parametrize("coupled, trackings, met", [(9, [0.8] * 10, True),
+                                                      (8, [0.9] * 10, False),        # 8 of 10 coupled
+                                                      (10, [0.79] * 10, False),      # tracking below 0.8
+                                                      (10, [0.9] * 9 + [float("nan")], False)])  # one undefined
+def test_the_target_asks_nine_of_ten_runs_coupled_and_verdict_tracking_of_at_least_0_8(coupled, trackings, met):
+    finals = [{"gap": 0.1 if i < coupled else -0.1, "verdict_tracking": t} for i, t in enumerate(trackings)]
+    assert metrics.meets_target(finals) is met
+
+
 def tiny_config(seed=1, task="refusal", **kw):
     return ev.RunConfig(task=task, seed=seed, n_explain=40, n_eval=60, n_kl_prompts=64,
                         pretrain=PretrainConfig(steps=60, batch_size=32, n_embd=16, n_head=2, warmup=5,

@@ -24,8 +24,9 @@ def test_the_report_tables_every_seed_and_says_where_it_ran(tmp_path):
     gap, half = metrics.mean_ci([r["final"]["gap"] for r in results])
     assert "| refusal | yes | 2 |" in text and f"**{gap:+.3f} ± {half:.3f}**" in text
     assert f"Computed on: {report.machine(results[0]['provenance'])}." in text
-    second = text.split("The same seeds again with 2 threads per run")[1]
-    assert second.split("\n\n")[2].splitlines()[2].startswith("| refusal | yes | 2 |")  # its own verdict table
+    second = text.split("The same seeds again with 2 threads per run")[1].split("\n\n")
+    assert second[1].splitlines()[2].startswith("| refusal | yes | 2 |")  # its own verdict table
+    assert [row[:15] for row in second[3].splitlines()[2:]] == ["| refusal | 1 |", "| refusal | 2 |"]  # the target
     for seed in (1, 2):
         assert f"| refusal | yes | {seed} |" in text  # every seed's row
     assert {p.name for p in (tmp_path / "figs").iterdir()} >= {"tiny_curves.png", "tiny_gap.png", "tiny_flipped_runs.png"}
@@ -51,7 +52,7 @@ def test_the_failures_table_counts_each_way_a_run_failed_with_its_seeds():
     assert report.failures(runs) == {"tracked, then lost it": [1], "generalised, did not track": [2],
                                      "never generalised": [3]}
     assert report.failures_table({("hint", "kl"): runs}).splitlines()[2] == \
-        "| hint | 4 | 3 | 1 (seeds 1) | 1 (seeds 3) | 1 (seeds 2) |"
+        "| hint | 4 | 3 | 1 (seed 1) | 1 (seed 3) | 1 (seed 2) |"
 
 
 def test_the_flipped_runs_figure_colours_each_run_by_its_final_verdict(tmp_path, monkeypatch):
@@ -152,12 +153,20 @@ def test_the_new_behaviour_table_bolds_only_an_interval_above_one_half_for_blorp
     assert rows[1].split(" | ")[2:5] == ["2", "0.50 ± 1.27", "0.65 ± 3.18"]  # intervals reaching below 0.5
 
 
-def test_the_readmes_line_on_a_second_draw_gives_each_tasks_runs_coupled_and_bar():
-    def result(task, seed, gap, kl=3.0):
-        return {"config": {"task": task, "seed": seed, "explain": {"kl_weight": kl}},
-                "final": {"gap": gap, "verdict_tracking": 0.9},
-                "provenance": {"threads": 2, "cpu": "Toaster", "cpu_capability": "avx2", "gpu": None}}
-    runs = [result("hint", s, 0.1 + s / 100) for s in range(3)] + [result("hint", 0, -0.2, kl=0.0)] + \
-           [result("refusal", s, (-0.1, 0.1, 0.2)[s]) for s in range(3)]
-    assert report.draw_line(runs) == ("Second draw (2 threads per run, Toaster (avx2 kernels)), with KL: hint 3 of 3 "
-                                      "coupled, the bar met; refusal 2 of 3 coupled, the bar not met.")
+def test_the_target_table_gives_each_task_and_draw_its_runs_coupled_failures_and_verdict():
+    def result(task, seed, gap, threads, tracking=0.9, kl=3.0):
+        final = {"gap": gap, "verdict_tracking": tracking, "self_unflipped": 0.9}
+        return {"config": {"task": task, "seed": seed, "explain": {"kl_weight": kl}}, "final": final,
+                "failure": metrics.failure_kind([final]),
+                "provenance": {"threads": threads, "cpu": "Toaster", "cpu_capability": "avx2", "gpu": None}}
+    first = [result("hint", s, 0.1, 1) for s in range(10)] + [result("hint", 0, -0.2, 1, kl=0.0)] + \
+            [result("refusal", s, 0.1, 1, tracking=0.75) for s in range(10)]
+    second = [result("hint", s, 0.1 if s else -0.1, 2) for s in range(10)] + \
+             [result("refusal", s, 0.1 if s > 1 else -0.1, 2) for s in range(10)]
+    text = report.target_text([first, second])
+    assert "Computed on Toaster (avx2 kernels)." in text
+    assert text.splitlines()[-4:] == [
+        "| hint | 1 | 10 | 10 of 10 | 0.90 ± 0.00 | 0 / 0 / 0 | met |",
+        "| hint | 2 | 10 | 9 of 10 | 0.90 ± 0.00 | 0 / 0 / 1 | met |",          # 9 of 10 is enough
+        "| refusal | 1 | 10 | 10 of 10 | 0.75 ± 0.00 | 0 / 0 / 0 | **not met** |",  # tracking below 0.8
+        "| refusal | 2 | 10 | 8 of 10 | 0.90 ± 0.00 | 0 / 0 / 2 | **not met** |"]  # 8 of 10 coupled
