@@ -222,7 +222,7 @@ def target_table(draws):
     (metrics.meets_target): runs coupled, verdict tracking, the failures counted by kind (the README's)."""
     rows = []
     for task in sorted({r["config"]["task"] for r in draws[0]}):
-        for runs in (group(runs).get((task, "kl")) for runs in draws):
+        for runs in filter(None, (group(draw).get((task, "kl")) for draw in draws)):
             threads = "/".join(map(str, sorted({r["provenance"]["threads"] for r in runs})))
             kinds, finals = failures(runs), [r["final"] for r in runs]
             rows.append([task, threads, len(runs), coupled_count(runs), fmt([f["verdict_tracking"] for f in finals], 2),
