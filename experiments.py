@@ -3,7 +3,7 @@
 Two stores. The published reference (results/, figures/, REPORT.md, STRESS.md) is tracked and only
 read by a user's command. Yours is runs/ (ignored): checkpoints, results with each final explainer
 beside its result, figures and reports. `quick` and `reproduce` compute in yours whatever is not there
-yet, then put your numbers beside the reference's. `publish`, for maintainers, is the one command that
+yet, then put your numbers beside the reference's (comparison). `publish`, for maintainers, is the one command that
 writes the reference.
 
     python experiments.py quick                   hint, seed 3, with and without KL (about a minute)
