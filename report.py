@@ -207,22 +207,22 @@ draw of every run, M0 included (`make reproduce THREADS={threads[0]}`), on {mach
 """
 
 
-def target_text(draws):
-    """The recipe's target in words, the machines of the draws and target_table (REPORT.md and README)."""
-    return f"{TARGET_TEXT} Computed on {machines([r for runs in draws for r in runs])}.\n\n{target_table(draws)}"
-
-
 TARGET_TEXT = (f"The recipe's target, per task and draw (runs with KL): at least {TARGET_COUPLED:.0%} of the runs "
                f"coupled and a mean verdict tracking of at least {TARGET_TRACKING}; a recipe holds where it meets "
                f"it on both draws.")
 
 
+def target_text(draws):
+    """The recipe's target in words, the machines of the draws and target_table (REPORT.md and README)."""
+    return f"{TARGET_TEXT} Computed on {machines([r for runs in draws for r in runs])}.\n\n{target_table(draws)}"
+
+
 def target_table(draws):
     """Per task and draw (the runs of one thread count, with KL), the runs against the recipe's target
     (metrics.meets_target): runs coupled, verdict tracking, the failures counted by kind (the README's)."""
-    rows = []
+    rows, grouped = [], [group(draw) for draw in draws]
     for task in sorted({r["config"]["task"] for r in draws[0]}):
-        for runs in filter(None, (group(draw).get((task, "kl")) for draw in draws)):
+        for runs in filter(None, (groups.get((task, "kl")) for groups in grouped)):
             threads = "/".join(map(str, sorted({r["provenance"]["threads"] for r in runs})))
             kinds, finals = failures(runs), [r["final"] for r in runs]
             rows.append([task, threads, len(runs), coupled_count(runs), fmt([f["verdict_tracking"] for f in finals], 2),
