@@ -35,7 +35,7 @@ from eval import (REFERENCE, RunConfig, add_run_flags, check_feasible, config_fr
 from metrics import is_kl, mean_ci, meets_bar
 from model import pick_device
 from figures import number, value_label
-from report import (MEASURES_TEXT, RULE_TEXT, coupled_count, fmt, group, held_out_table, machines, markdown_table,
+from report import (MEASURES_TEXT, RULE_TEXT, coupled_count, fmt, group, machines, markdown_table,
                     target_text, verdict_table, write_report, write_text)
 from suites import (DRAWS, MAIN_TASKS, QUICK_SEEDS, SWEEPS, default_seeds, directions_configs, draw, main_configs,
                     sweep_configs)
@@ -299,9 +299,6 @@ def fill_readme(blocks):
     write_text(text, path)
 
 
-NEW_BEHAVIOUR = ("held_out_arms", "held_out_query", "word_diversity")  # the README's new-behaviour table
-
-
 def publish(experiments):
     """Maintainers only: copy your results of the named experiments and your benchmarks into the reference
     (each result replacing a reference result of the same run), then rebuild REPORT.md, the figures and the README's main table
@@ -318,9 +315,8 @@ def publish(experiments):
     write_report(results, os.path.join(REPO, "REPORT.md"), os.path.join(REPO, "figures"),
                  sweeps=saved_sweeps(store(reference=True)), about=about, command="make publish",
                  directions=load_results(os.path.join(store(reference=True), "directions")), second_draw=second_draw)
-    held_out = [(name, SWEEPS[name], load_results(os.path.join(store(reference=True), name))) for name in NEW_BEHAVIOUR]
     main_table = verdict_table(group(results)) + (f"\n\n{target_text([results, second_draw])}" if second_draw else "")
-    fill_readme({"main table": main_table, "ranges": ranges_table(), "new behaviour": held_out_table(held_out)})
+    fill_readme({"main table": main_table, "ranges": ranges_table()})
     print("rebuilt REPORT.md, figures/ and the README's main table and ranges from results/ and the code")
 
 

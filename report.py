@@ -278,8 +278,30 @@ def sweep_table(sweep, results):
                            *(EXTRA_NAMES[e] for e in sweep.extra)], rows)
 
 
+NEW_BEHAVIOUR = ("held_out_arms", "held_out_query", "word_diversity")  # the sweeps of the new-behaviour table
+
+NEW_BEHAVIOUR_TEXT = """The paper teaches a nonsense trigger only by behaviour fine-tuning; its explanations are 79.8%
+accurate. Here `--shift trigger` teaches `blorp` (every hint answer becomes the last) by the shift alone,
+beside K - 1 labelled nonsense words and 4 that M0 learns with no label (`features.py`; tests keep blorp
+out of M0's data and both out of the explanation objective). The rule, fixed before the runs: **balanced
+Self**'s 95% interval over 10 seeds above 0.5 (bold; one verdict written everywhere reaches at most 0.5).
+Arms, K = 8: **a** the unlabelled words, no shift; **b** blorp, the shift in every weight; **c** in
+blorp's embedding row only; **d** blorp with a labelled word's effect; then the query's answer slot
+(sweep held_out_query) and 8 to 256 labelled words (sweep word_diversity). Labelled words: Self of their
+explanations on held-out units. Untrained: M0's own explanations (step 0)."""
+
+
+def held_out_section(sweeps, seeds=10):
+    """The new-behaviour table of the sweeps in NEW_BEHAVIOUR, with what it shows; "" where none has a
+    value run on `seeds` seeds."""
+    table = held_out_table([sweep for sweep in sweeps if sweep[0] in NEW_BEHAVIOUR], seeds)
+    if len(table.splitlines()) <= 2:
+        return ""
+    return f"## New behaviour: a feature no label names\n\n{NEW_BEHAVIOUR_TEXT}\n\n{table}\n"
+
+
 def held_out_table(experiments, seeds=10):
-    """The README's new-behaviour table: per experiment ([(name, sweep, results)]) and value run on at least
+    """The new-behaviour table: per experiment ([(name, sweep, results)]) and value run on at least
     `seeds` seeds (what the rule judges), balanced Self of blorp and of the words M0 learnt that no label
     covers, each bold where its 95% interval lies above 0.5 (the rule), the labelled words' Self, and the
     learnt words' balanced Self before training."""
@@ -433,6 +455,7 @@ def write_report(results, path, figures_dir, prefix="main", sweeps=(), about="",
         parts.append(f"## Your numbers beside the reference\n\n{compared}")
     if results:
         parts += [main_sections(results, second_draw, figure, rel), detail_sections(results, directions, figure, rel)]
+    parts.append(held_out_section(sweeps))
     for name, sweep, swept in sweeps:
         parts.append(sweep_section(name, sweep, swept, report_dir, figures_dir))
     prov = every[0]["provenance"]

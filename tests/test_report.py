@@ -151,6 +151,10 @@ def test_the_new_behaviour_table_bolds_only_an_interval_above_one_half_for_blorp
     assert [row.split(" | ")[1] for row in rows] == ["a", "c"]
     assert rows[0].split(" | ")[2:] == ["3", "0.45 ± 0.12", "**0.75 ± 0.12**", "0.90 ± 0.00", "0.00 ± 0.00 |"]
     assert rows[1].split(" | ")[2:5] == ["2", "0.50 ± 1.27", "0.65 ± 3.18"]  # intervals reaching below 0.5
+    sweeps = [("held_out_arms", SWEEPS["held_out_arms"], runs), ("label_noise", SWEEPS["label_noise"], runs)]
+    assert report.held_out_section(sweeps, seeds=4) == ""  # no setting has four seeds: no section
+    section = report.held_out_section(sweeps, seeds=3)
+    assert section.startswith("## New behaviour: a feature no label names") and "| held_out_arms (hint) | a | 3 |" in section
 
 
 def test_the_target_table_gives_each_task_and_draw_its_runs_coupled_failures_and_verdict():
