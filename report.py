@@ -444,8 +444,9 @@ def write_report(results, path, figures_dir, prefix="main", sweeps=(), about="",
                  directions=(), second_draw=()):
     """Figures and a markdown report of the main experiment's results; directions: the other shift
     directions' results, tabled beside the main ones; sweeps: [(name, Sweep, results)] appended as
-    sections; compared: a comparison (above) put first; about: where and why the runs were made;
-    second_draw: the main suite's runs again with another thread count, tabled beside the first draw."""
+    sections, after the held-out feature's table; compared: a comparison (above) put first; about: where
+    and why the runs were made; second_draw: the main suite's runs again with another thread count, tabled
+    beside the first draw."""
     report_dir = os.path.dirname(os.path.abspath(path))
     rel = lambda p: os.path.relpath(p, report_dir)
     figure = lambda kind: os.path.join(figures_dir, f"{prefix}_{kind}.png")
@@ -455,7 +456,8 @@ def write_report(results, path, figures_dir, prefix="main", sweeps=(), about="",
         parts.append(f"## Your numbers beside the reference\n\n{compared}")
     if results:
         parts += [main_sections(results, second_draw, figure, rel), detail_sections(results, directions, figure, rel)]
-    parts.append(held_out_section(sweeps))
+    if new_behaviour := held_out_section(sweeps):
+        parts.append(new_behaviour)
     for name, sweep, swept in sweeps:
         parts.append(sweep_section(name, sweep, swept, report_dir, figures_dir))
     prov = every[0]["provenance"]
