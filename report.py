@@ -295,16 +295,14 @@ def held_out_section(sweeps, seeds=10):
     """The new-behaviour table of the sweeps in NEW_BEHAVIOUR, with what it shows; "" where none has a
     value run on `seeds` seeds."""
     table = held_out_table([sweep for sweep in sweeps if sweep[0] in NEW_BEHAVIOUR], seeds)
-    if len(table.splitlines()) <= 2:
-        return ""
-    return f"## New behaviour: a feature no label names\n\n{NEW_BEHAVIOUR_TEXT}\n\n{table}\n"
+    return f"## New behaviour: a feature no label names\n\n{NEW_BEHAVIOUR_TEXT}\n\n{table}\n" if table else ""
 
 
 def held_out_table(experiments, seeds=10):
     """The new-behaviour table: per experiment ([(name, sweep, results)]) and value run on at least
     `seeds` seeds (what the rule judges), balanced Self of blorp and of the words M0 learnt that no label
     covers, each bold where its 95% interval lies above 0.5 (the rule), the labelled words' Self, and the
-    learnt words' balanced Self before training."""
+    learnt words' balanced Self before training; "" where no value has `seeds` seeds."""
     rows = []
     for name, sweep, results in experiments:
         for task, values in by_value(sweep, results).items():
@@ -314,7 +312,8 @@ def held_out_table(experiments, seeds=10):
                              fmt([extra_metric(r, "explained_self") for r in runs], digits=2),
                              fmt([extra_metric(r, "untrained_unlabelled_balanced_self") for r in runs], digits=2)])
     return markdown_table(["experiment", "setting", "seeds", "blorp: balanced Self", "learnt, unlabelled words: "
-                           "balanced Self", "labelled words: Self", "untrained: learnt words' balanced Self"], rows)
+                           "balanced Self", "labelled words: Self", "untrained: learnt words' balanced Self"],
+                          rows) if rows else ""
 
 
 def rule_cell(values):
