@@ -220,21 +220,22 @@ def saved_sweeps(root):
 
 
 def comparison(mine, reference):
-    """Markdown that reads in a 100-column terminal: per task and KL regime, a row of your runs and one of
-    the reference's (mean gap ± 95% interval, the blind explainers' mean gaps, verdict tracking, runs
-    coupled); then a line per task on whether the effect reproduced here, by the reference's own rule
-    (metrics.meets_bar on the runs with KL), beside the reference's verdict on the same seeds and on all
-    of its own (a few seeds can miss the bar where ten meet it)."""
+    """Markdown that reads in a 100-column terminal: per task and KL regime, a row of your runs and, under
+    it, one of the reference's (mean gap ± 95% interval, the blind explainers' mean gaps, verdict tracking,
+    runs coupled of runs made); then a line per task on whether the effect reproduced here, by the
+    reference's own rule (metrics.meets_bar on the runs with KL), beside the reference's verdict on the same
+    seeds and on all of its own (a few seeds can miss the bar where ten meet it)."""
     mine_groups, ref_groups = group(mine), group(reference)
     mean = lambda runs, key: fmt([mean_ci([r["final"].get(key, math.nan) for r in runs])[0]], signed=True)
-    row = lambda task, regime, who, runs: [task, "yes" if regime == "kl" else "no", who, len(runs),
-                                           fmt([r["final"]["gap"] for r in runs], signed=True), mean(runs, "blind_gap"),
-                                           mean(runs, "c_blind_gap"),
-                                           fmt([r["final"]["verdict_tracking"] for r in runs], digits=2),
-                                           coupled_count(runs)]
-    rows = [row(task, regime, who, runs) for (task, regime), yours in mine_groups.items()
-            for who, runs in (("yours", yours), ("reference", ref_groups.get((task, regime), []))) if runs]
-    table = markdown_table(["task", "KL", "runs", "seeds", "Self - Orig", "input-blind", "C-blind", "verdict tracking",
+    numbers = lambda runs: [fmt([r["final"]["gap"] for r in runs], signed=True), mean(runs, "blind_gap"),
+                            mean(runs, "c_blind_gap"), fmt([r["final"]["verdict_tracking"] for r in runs], digits=2),
+                            coupled_count(runs)]
+    rows = []
+    for (task, regime), yours in mine_groups.items():
+        rows.append([task, "yes" if regime == "kl" else "no", "yours", *numbers(yours)])
+        if ref_groups.get((task, regime)):  # under yours, task and KL left blank to keep the row narrow
+            rows.append(["", "", "reference", *numbers(ref_groups[(task, regime)])])
+    table = markdown_table(["task", "KL", "runs", "Self - Orig", "input-blind", "C-blind", "verdict tracking",
                             "coupled"], rows)
     verdict = lambda runs: ("met" if meets_bar([r["final"] for r in runs]) else
                             "not met" if len(runs) > 1 else "undecided (one seed has no interval)")

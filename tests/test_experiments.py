@@ -1,5 +1,6 @@
 import hashlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -109,7 +110,7 @@ def test_no_user_command_writes_into_the_reference(mine, monkeypatch, capsys):
     assert tracked_reference() == before
     assert (mine / "REPORT.md").exists() and (mine / "bench.json").exists() and (mine / "STRESS.md").exists()
     out = capsys.readouterr().out
-    assert "Your numbers beside the reference" in out and "| hint | yes | yours | 1 |" in out
+    assert "Your numbers beside the reference" in out and "| hint | yes | yours | " in out and " of 1 |" in out  # one run of yours
 
 
 def refused(argv, capsys):
@@ -169,11 +170,13 @@ def test_the_comparison_puts_your_numbers_beside_the_reference_and_applies_the_b
     reference = [fake("hint", s, 0.1, 0.9, cpu="Big CPU") for s in range(5)] + \
                 [fake("refusal", s, 0.05, 0.7, cpu="Big CPU") for s in range(5)]
     text = ex.comparison(mine, reference)
-    assert "| hint | yes | yours | 3 | +0.110 ± 0.025 | +0.050 | +0.200 | 0.80 ± 0.00 | 3 of 3 |" in text
-    assert "| hint | yes | reference | 5 | +0.100 ± 0.000 | +0.050 | +0.200 | 0.90 ± 0.00 | 5 of 5 |" in text
-    assert "| hint | no | yours | 1 | -0.300 | n/a | n/a | 0.10 | 0 of 1 |" in text
-    assert "| hint | no | reference |" not in text  # no reference runs without KL here
+    assert "| hint | yes | yours | +0.110 ± 0.025 | +0.050 | +0.200 | 0.80 ± 0.00 | 3 of 3 |\n" \
+           "|  |  | reference | +0.100 ± 0.000 | +0.050 | +0.200 | 0.90 ± 0.00 | 5 of 5 |\n" \
+           "| hint | no | yours | -0.300 | n/a | n/a | 0.10 | 0 of 1 |\n" \
+           "| refusal | yes | yours |" in text  # no reference runs without KL here
     assert max(map(len, text.splitlines())) <= 100  # readable in a 100-column terminal
+    widest = [fake("judgement", s, -0.6 + 0.1 * s, math.nan if s > 1 else -0.05 * s) for s in range(10)]
+    assert max(map(len, ex.comparison(widest, widest).splitlines())) <= 100  # negative, partly undefined
     assert "- hint: the bar is met here; in the reference: met on your seeds, met on its 5." in text
     assert "- refusal: the bar is not met here; in the reference: met on your seeds, met on its 5." in text
     ten = [fake("hint", s, 0.1, 0.2 if s == 1 else 0.9) for s in range(10)]  # its seed 1 fails
