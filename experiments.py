@@ -233,8 +233,8 @@ def comparison(mine, reference):
     rows = []
     for (task, regime), yours in mine_groups.items():
         rows.append([task, "yes" if regime == "kl" else "no", "yours", *numbers(yours)])
-        if ref_groups.get((task, regime)):  # under yours, task and KL left blank to keep the row narrow
-            rows.append(["", "", "reference", *numbers(ref_groups[(task, regime)])])
+        if theirs := ref_groups.get((task, regime)):  # under yours, task and KL left blank to keep it narrow
+            rows.append(["", "", "reference", *numbers(theirs)])
     table = markdown_table(["task", "KL", "runs", "Self - Orig", "input-blind", "C-blind", "verdict tracking",
                             "coupled"], rows)
     verdict = lambda runs: ("met" if meets_bar([r["final"] for r in runs]) else
