@@ -8,7 +8,7 @@ DEVICE ?= auto
 SEEDS ?=
 THREADS ?= 1
 TASK ?= hint
-SEED ?= 3
+SEED ?= 8
 EXPERIMENTS ?=
 DENSE ?=
 

@@ -6,7 +6,7 @@ beside its result, figures and reports. `quick` and `reproduce` compute in yours
 yet, then put your numbers beside the reference's (comparison). `publish`, for maintainers, is the one command that
 writes the reference.
 
-    python experiments.py quick                   hint, seed 3, with and without KL (about a minute)
+    python experiments.py quick                   hint, seed 8, with and without KL (about a minute)
     python experiments.py reproduce               the main result: 3 tasks x seeds x (KL, no KL)
     python experiments.py directions              hint and refusal with the other shift directions
     python experiments.py sweep NAME              one knob varied over several seeds (suites.SWEEPS); NAME,NAME: several
@@ -380,7 +380,7 @@ def chosen_values(name, text):
 def build_parser():
     parser = Parser(description="Introspective coupling experiments: compute yours, compare with the reference.")
     sub = parser.add_subparsers(dest="command", required=True)
-    quick = sub.add_parser("quick", help="hint, seed 3, with and without KL, beside the reference")
+    quick = sub.add_parser("quick", help=f"hint, seed {QUICK_SEEDS[0]}, with and without KL, beside the reference")
     reproduce = sub.add_parser("reproduce", help="the main result: 3 tasks x seeds x (KL, no KL), beside the "
                                "reference")
     reproduce.add_argument("--seeds", default="", help="comma-separated integers or ranges such as 0-9 (default: "
