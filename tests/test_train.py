@@ -119,7 +119,7 @@ def test_a_nan_loss_stops_explanation_training_and_names_the_kl_weight():
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=40, n_layer=1, n_head=2, n_embd=16))
     kl_data = [([1, 2], torch.full((2,), float("nan")))]
-    cfg = train.ExplainConfig(steps=3, explain_batch=2, kl_batch=1)
+    cfg = train.ExplainConfig(steps=3, explain_batch=2, kl_batch=1, kl_weight=3.0)
     with pytest.raises(UserError) as err:
         train.train_explainer(model, cfg, 0, [([1, 2, 3], [4, 5])], [], kl_data, [10, 11])
     assert str(err.value) == ("explanation training: the loss became nan at step 0; lower the learning rate "
@@ -175,7 +175,7 @@ def test_a_sharp_shift_changes_nothing_before_its_step_and_moves_the_weights_fro
     """Until the shift's start, a run with a scheduled shift trains exactly as a run without one; from it
     on the weights differ by far more than rounding (a padded batch of other width differs by ~1e-9)."""
     torch.manual_seed(0)
-    m0 = GPT(GPTConfig(vocab_size=40, n_layer=1, n_head=2, n_embd=16))
+    m0 = GPT(GPTConfig(vocab_size=TOKENIZER.n_vocab, n_layer=1, n_head=2, n_embd=16))
     explain_data = [([1, 2, 3], [4, 5]), ([6, 7], [8, 9])]
     kl_data = [([1, 2], m0.answer_logprobs([[1, 2]], [10, 11])[0].detach())]
     shift_data = [([3, 4, 5], 1), ([6, 5], 0)]

@@ -53,7 +53,7 @@ def test_the_kl_term_holds_the_answers_of_the_kl_prompts_near_m0_under_a_shift_t
 
     def distance_from_m0(kl_weight):
         cfg = train.ExplainConfig(steps=30, lr=1e-2, warmup=0, explain_batch=4, shift_batch=8, kl_batch=8,
-                                  kl_weight=kl_weight)
+                                  kl_weight=kl_weight, explain_in="all")  # a tiny vocabulary has no unit words
         model = train.train_explainer(train.explainer_from(m0), cfg, 0, [([1, 2, 3], [20, 21])],
                                       [(0, shift_data)], kl_data, ANSWERS)
         with torch.no_grad():
@@ -87,7 +87,7 @@ def record_learning_rates(monkeypatch):
 
 def test_both_stages_step_at_the_scheduled_learning_rate(monkeypatch, tmp_path):
     rates = record_learning_rates(monkeypatch)
-    cfg = train.ExplainConfig(steps=12, warmup=4, explain_batch=2)
+    cfg = train.ExplainConfig(steps=12, warmup=4, explain_batch=2, explain_in="all")  # no unit words in tiny_gpt
     train.train_explainer(tiny_gpt(), cfg, 0, [([1, 2, 3], [4, 5])], [], [], ANSWERS)
     assert rates == [train.lr_at(s, cfg) for s in range(12)]
     rates.clear()
