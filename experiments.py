@@ -250,9 +250,10 @@ def comparison(mine, reference):
                            f"{in_reference(task, {r['config']['seed'] for r in runs})}.", 99, subsequent_indent="  ")
              for (task, regime), runs in mine_groups.items() if regime == "kl"]
     rule = textwrap.fill(f"{RULE_TEXT} {MEASURES_TEXT} n/a: not measured.", 99)
-    where = textwrap.fill(f"Yours: computed on {machines(mine)}. Reference: computed on "
-                          f"{machines(reference) or 'nothing'}. The same seed on another machine is a new draw, so "
-                          f"compare the distributions, not seed by seed.", 99)
+    theirs = f"Reference: computed on {machines(reference)}." if reference else \
+        "The reference has no runs with these settings."
+    where = textwrap.fill(f"Yours: computed on {machines(mine)}. {theirs} The same seed on another machine is a new "
+                          f"draw, so compare the distributions, not seed by seed.", 99)
     return f"""{table}
 
 {rule}

@@ -188,6 +188,8 @@ def test_the_comparison_puts_your_numbers_beside_the_reference_and_applies_the_b
         " ".join(one_seed.split())
     assert max(map(len, one_seed.splitlines())) <= 100
     assert "Yours: computed on Toaster CPU (avx2 kernels)" in text and "Reference: computed on Big CPU" in text
+    alone = " ".join(ex.comparison(mine, []).split())  # a reference made with other settings is left out
+    assert "in the reference: no runs." in alone and "The reference has no runs with these settings." in alone
 
 
 @pytest.mark.parametrize("argv, message", [
