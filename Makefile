@@ -8,7 +8,7 @@ DEVICE ?= auto
 SEEDS ?=
 THREADS ?= 1
 TASK ?= hint
-SEED ?= 8
+SEED ?= 9
 EXPERIMENTS ?=
 DENSE ?=
 

@@ -12,10 +12,12 @@ MAIN_TASKS = ("hint", "judgement", "refusal")
 
 DRAWS = ("main", "main_threads2")  # the main result's draws the reference publishes
 # make quick (and tests/test_end_to_end.py): hint with and without KL at this seed, a check of the pipeline,
-# not a measurement. Of seeds 0-9 the one with the widest margin on three draws of the reference's recipe
-# (one and two threads, AVX2 kernels): with KL verdict tracking 0.98-1.00, without KL gap -0.30 or lower,
-# so that a check on another machine fails for a broken pipeline rather than for a draw near the rule's line.
-QUICK_SEEDS = (8,)
+# not a measurement, so that a check on another machine fails for a broken pipeline rather than for a draw
+# near the rule's line. Of seeds 0-9 the one whose smallest margin over three draws of the recipe (one and
+# two threads, AVX2 kernels) is widest: with KL, verdict tracking above 0.5 (here 1.00 on every draw);
+# without KL, the distance to passing, the larger of -gap and 0.5 - verdict tracking (here 0.50 on two
+# draws; on the third its verdict tracking is undefined, which the rule never passes).
+QUICK_SEEDS = (9,)
 
 
 def main_configs(tasks=MAIN_TASKS, seeds=(0, 1, 2), device="auto", threads=1):
