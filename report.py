@@ -334,7 +334,7 @@ def sweep_section(name, sweep, results, report_dir, figures_dir):
     return f"""
 ## Sweep: {name.replace("_", " ")}
 
-{sweep.question} Varied: {sweep.label} (`{sweep.knob}`); {fixed_text(sweep)}everything else as in the main result's KL runs.
+{sweep.question} Varied: {sweep.label} (`{sweep.knob}`); {fixed_text(sweep)}everything else as in the main result's KL runs.{sweep.earlier_recipe(results)}
 Command: `python experiments.py sweep {name}`. The paper: {sweep.paper}.
 
 {sweep_table(sweep, results)}

@@ -73,6 +73,17 @@ class Sweep:
         """{field: value} that a value of the knob sets (fields as in knob: FIELD or explain.FIELD)."""
         return dict(self.settings[self.values.index(value)]) if self.settings else {self.knob: value}
 
+    def earlier_recipe(self, results):
+        """The explanation-stage settings of these runs that the sweep does not set and that are no longer
+        the defaults (runs made before the recipe changed), in words ("" if none)."""
+        own = {name.removeprefix("explain.") for value in self.values for name in self.settings_of(value)}
+        own |= {name.removeprefix("explain.") for name, _ in self.fixed}
+        now = vars(ExplainConfig())
+        old = sorted({(name, value) for r in results for name, value in r["config"]["explain"].items()
+                      if name in now and name not in own and value != now[name]}, key=str)
+        settings = ", ".join(f"`{name}` {value} (now {now[name]})" for name, value in old)
+        return f" These runs were made with an earlier recipe: {settings}." if old else ""
+
     def value_of(self, config):
         """The value of the knob a saved run's config dict was made with."""
         matches = [v for v in self.values if all(setting(config, k) == x for k, x in self.settings_of(v).items())]

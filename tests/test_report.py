@@ -130,6 +130,7 @@ def test_the_held_out_feature_sweep_tables_the_untrained_model_and_the_explained
                for seed in (0, 1) for k in (1, 4)]
     text = report.sweep_section("held_out_feature", sweep, results, str(tmp_path), str(tmp_path / "figs"))
     assert "set in every run: `shift` trigger; everything else" in text
+    assert "These runs were made with an earlier recipe: `kl_weight` 3.0 (now" in text  # the recipe's is 10
     assert "| Self, balanced over verdicts | explained words: Self | untrained model: Self | shift learned |" in text
     assert "| 0.050 ± 0.000 | 0.500 ± 0.000 | n/a | 0.000 ± 0.000 | 1.000 ± 0.000 |" in text  # no word to check
     assert "| 0.050 ± 0.000 | 0.500 ± 0.000 | 0.800 ± 0.000 | 0.000 ± 0.000 | 1.000 ± 0.000 |" in text
@@ -174,3 +175,12 @@ def test_the_target_table_gives_each_task_and_draw_its_runs_coupled_failures_and
         "| hint | 2 | 10 | 9 of 10 | 0.90 ± 0.00 | 0 / 0 / 1 | met |",          # 9 of 10 is enough
         "| refusal | 1 | 10 | 10 of 10 | 0.75 ± 0.00 | 0 / 0 / 0 | **not met** |",  # tracking below 0.8
         "| refusal | 2 | 10 | 8 of 10 | 0.90 ± 0.00 | 0 / 0 / 2 | **not met** |"]  # 8 of 10 coupled
+
+
+def test_a_sweep_made_before_the_recipe_changed_says_which_settings_it_used():
+    from suites import SWEEPS
+    sweep, defaults = SWEEPS["capacity"], vars(train.ExplainConfig())
+    run = lambda **explain: {"config": {"explain": {**defaults, **explain}}}
+    assert sweep.earlier_recipe([run(lora_rank=1), run(lora_rank=4)]) == ""  # the knob is the sweep's
+    earlier = sweep.earlier_recipe([run(lora_rank=1, kl_weight=1.5), run(lora_rank=4, kl_weight=1.5)])
+    assert earlier == f" These runs were made with an earlier recipe: `kl_weight` 1.5 (now {defaults['kl_weight']})."
