@@ -6,7 +6,7 @@ beside its result, figures and reports. `quick` and `reproduce` compute in yours
 yet, then put your numbers beside the reference's (comparison). `publish`, for maintainers, is the one command that
 writes the reference.
 
-    python experiments.py quick                   hint, seed 9, with and without KL (about a minute)
+    python experiments.py quick                   hint at make quick's seed, with and without KL (about a minute)
     python experiments.py reproduce               the main result: 3 tasks x seeds x (KL, no KL)
     python experiments.py directions              hint and refusal with the other shift directions
     python experiments.py sweep NAME              one knob varied over several seeds (suites.SWEEPS); NAME,NAME: several

@@ -73,11 +73,14 @@ class Sweep:
         """{field: value} that a value of the knob sets (fields as in knob: FIELD or explain.FIELD)."""
         return dict(self.settings[self.values.index(value)]) if self.settings else {self.knob: value}
 
+    def run_settings(self, value):
+        """{field: value} that a run of this value sets: the sweep's fixed settings, then the knob's."""
+        return {**dict(self.fixed), **self.settings_of(value)}
+
     def earlier_recipe(self, results):
         """The explanation-stage settings of these runs that the sweep does not set and that are no longer
         the defaults (runs made before the recipe changed), in words ("" if none)."""
-        own = {name.removeprefix("explain.") for value in self.values for name in self.settings_of(value)}
-        own |= {name.removeprefix("explain.") for name, _ in self.fixed}
+        own = {name.removeprefix("explain.") for value in self.values for name in self.run_settings(value)}
         now = vars(ExplainConfig())
         old = sorted({(name, value) for r in results for name, value in r["config"]["explain"].items()
                       if name in now and name not in own and value != now[name]}, key=str)
@@ -207,7 +210,7 @@ def sweep_configs(name, tasks=None, seeds=(0, 1, 2), device="auto", values=None)
     for seed in seeds:
         for task in tasks or sweep.tasks:
             for value in values or sweep.values:
-                chosen = {**dict(sweep.fixed), **sweep.settings_of(value)}
+                chosen = sweep.run_settings(value)
                 explain = {k.removeprefix("explain."): x for k, x in chosen.items() if k.startswith("explain.")}
                 run = {k: x for k, x in chosen.items() if not k.startswith("explain.")}
                 configs.append(RunConfig(task=task, seed=seed, pretrain=PretrainConfig(device=device),
