@@ -8,7 +8,7 @@ DEVICE ?= auto
 SEEDS ?=
 THREADS ?= 1
 TASK ?= hint
-SEED ?= 9
+SEED ?=
 EXPERIMENTS ?=
 DENSE ?=
 
@@ -42,7 +42,7 @@ report: $(VENV)/installed
 	if [ -d runs/results/stress ]; then $(PY) stress.py report; fi
 
 show: $(VENV)/installed
-	$(PY) experiments.py show --task $(TASK) --seed $(SEED)
+	$(PY) experiments.py show --task $(TASK) $(if $(SEED),--seed $(SEED))
 
 bench: $(VENV)/installed
 	$(PY) bench.py --device $(DEVICE)

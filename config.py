@@ -111,11 +111,12 @@ def _default(f):
     return f.default_factory() if f.default_factory is not MISSING else f.default
 
 
-def add_config_flags(parser, cls, prefix="", skip=()):
+def add_config_flags(parser, cls, prefix="", skip=(), defaults=None):
     """A --flag for each field of the dataclass cls (nested configs and `skip` excepted), typed and
-    defaulted like the field, with its help; prefix (e.g. "pretrain-") keeps two configs' flags apart."""
+    defaulted like the field (or as `defaults` says), with its help; prefix (e.g. "pretrain-") keeps two
+    configs' flags apart."""
     for f in fields(cls):
-        default = _default(f)
+        default = (defaults or {}).get(f.name, _default(f))
         if is_dataclass(default) or f.name in skip:
             continue
         parser.add_argument(f"--{prefix}{f.name.replace('_', '-')}", dest=prefix.replace("-", "_") + f.name,

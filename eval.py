@@ -442,8 +442,9 @@ def check_out_path(out, cfg: RunConfig, runs_dir=None):
 RUNTIME_FLAGS = ("device", "threads", "checkpoint_every")  # PretrainConfig's runtime settings, flags of their own
 
 
-def add_run_flags(parser):
-    add_config_flags(parser, RunConfig)
+def add_run_flags(parser, defaults=None):
+    """The flags that pick a run; defaults: other defaults for RunConfig's own fields."""
+    add_config_flags(parser, RunConfig, defaults=defaults)
     add_config_flags(parser, ExplainConfig)
     add_config_flags(parser, PretrainConfig, prefix="pretrain-", skip=("task", "seed", "feature_words") + RUNTIME_FLAGS)
     add_config_flags(parser, PretrainConfig, skip=tuple(f.name for f in fields(PretrainConfig)

@@ -279,7 +279,7 @@ def report_yours(mine, command):
     if compared:
         print(f"\nYour numbers beside the reference (results/{drawn}):\n\n{compared}")
     shown = os.path.relpath(path) if path.startswith(os.getcwd()) else path
-    print(f"Your report: {shown}. One run's explanations, item by item: make show TASK=hint SEED={QUICK_SEEDS[0]}")
+    print(f"Your report: {shown}. One run's explanations, item by item: make show (TASK=, SEED= for another)")
 
 
 def ranges_table():
@@ -409,7 +409,7 @@ def build_parser():
     sub.add_parser("report", help="your report again, from your saved results, beside the reference")
     look = sub.add_parser("show", help="a saved run's explanations on flipped and unflipped held-out items "
                           "(the same flags as eval.py run pick the run)")
-    add_run_flags(look)
+    add_run_flags(look, defaults={"seed": QUICK_SEEDS[0]})  # by default the run make quick computes
     look.add_argument("--n", type=int, default=3, help="items of each kind to print, 1 to 1000")
     publish_cmd = sub.add_parser("publish", help="maintainers: copy your results into the reference, rebuild "
                                  "its reports")

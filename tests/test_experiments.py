@@ -157,6 +157,12 @@ def test_show_prints_flipped_and_unflipped_items_of_a_saved_run(mine):
         ex.show(replace(cfg, seed=5))
 
 
+def test_show_picks_the_run_make_quick_computes_unless_told_otherwise():
+    parse = ex.build_parser().parse_args
+    assert parse(["show"]).seed == ex.QUICK_SEEDS[0] and parse(["show", "--seed", "3"]).seed == 3
+    assert parse(["show"]).task == "hint"  # make quick's task
+
+
 def fake(task, seed, gap, verdict_tracking, kl=True, cpu="Toaster CPU"):
     final = {"gap": gap, "verdict_tracking": verdict_tracking, **({"blind_gap": 0.05, "c_blind_gap": 0.2} if kl else {})}
     return {"config": {"task": task, "seed": seed, "n_explain": ev.RunConfig.n_explain,
