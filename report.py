@@ -461,10 +461,11 @@ def write_report(results, path, figures_dir, prefix="main", sweeps=(), about="",
         parts.append(sweep_section(name, sweep, swept, report_dir, figures_dir))
     prov = every[0]["provenance"]
     commits = sorted({r["provenance"]["git_commit"][:10] for r in every})
+    threads = ", ".join(map(str, sorted({r["provenance"]["threads"] for r in every})))
     parts.append(f"""## Provenance
 
 Commits: {', '.join(commits)}; Python {prov['python']}, torch {prov['torch']}, numpy {prov['numpy']},
-tiktoken {prov['tiktoken']}; {prov['threads']} threads; {prov['platform']}. Computed on: {machines(every)}.
+tiktoken {prov['tiktoken']}; threads per run: {threads}; {prov['platform']}. Computed on: {machines(every)}.
 Each result file holds its full config.
 """)
     write_text("\n\n".join(part.strip() for part in parts) + "\n", path)
