@@ -14,9 +14,11 @@ DENSE ?=
 
 .PHONY: test quick reproduce directions reproduce-all stress report show bench publish clean
 
+# Bytecode only for the modules the commands import (pip's default compiles all of torch: 10 s more).
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -r requirements.txt
+	PYTHONDONTWRITEBYTECODE= $(PY) -c "import torch, torch._dynamo, numpy, tiktoken, matplotlib.pyplot, tqdm, pytest"
 	touch $@
 
 test: $(VENV)/installed
