@@ -160,14 +160,14 @@ SWEEPS = {
                            extra=HELD_OUT_EXTRA, fixed=(("shift", "trigger"), ("explained_features", 4)),
                            panel=HELD_OUT_PANEL),
     "held_out_arms": Sweep("arm", HELD_OUT_ARMS, "arm",
-                           "Why is blorp not explained in sweep held_out_feature? Four arms on the same M0 and "
-                           "the same labels (the task's C and 7 words labelled, 4 more words M0 learns that no label covers): a, no shift, "
-                           "the explanations asked about the 4 unlabelled words, which M0 learnt in pretraining; "
-                           "b, the held_out_feature setup, blorp taught only by the shift, in every weight; c, the shift's "
-                           "gradient confined to blorp's embedding row; d, as b but blorp makes every answer the "
-                           "first, the effect of a labelled word, where b's (the last) is no labelled word's. If a "
-                           "fails, the skill is not general; if a passes and b fails, the trouble is where the "
-                           "shift writes (c) or what it writes (d). " + HELD_OUT_COLUMNS,
+                           "Why is blorp not explained in sweep held_out_feature? Four arms on the same M0 and the "
+                           "same labels (the task's C and 7 words labelled, 4 more words M0 learns that no label "
+                           "covers): a, no shift, the explanations asked about the 4 unlabelled words, which M0 "
+                           "learnt in pretraining; b, the held_out_feature setup, blorp taught only by the shift, in "
+                           "every weight; c, the shift's gradient confined to blorp's embedding row; d, as b but "
+                           "blorp makes every answer the first, the effect of a labelled word, where b's (the last) "
+                           "is no labelled word's. If a fails, the skill is not general; if a passes and b fails, "
+                           "the trouble is where the shift writes (c) or what it writes (d). " + HELD_OUT_COLUMNS,
                            JABBERWOCKY, extra=UNLABELLED_EXTRA, fixed=ARMS_FIXED, panel=UNLABELLED_PANEL,
                            settings=tuple((("schedule", schedule), ("explain.shift_in", where), ("trigger_effect", effect))
                                           for schedule, where, effect in (("none", "all", "last"), ("sharp", "all", "last"),
