@@ -80,13 +80,20 @@ class CausalSelfAttention(nn.Module):
         self.qkv = LoRALinear(cfg.n_embd, 3 * cfg.n_embd, cfg.lora_rank, cfg.lora_alpha)
         self.proj = LoRALinear(cfg.n_embd, cfg.n_embd, cfg.lora_rank, cfg.lora_alpha)
 
-    def forward(self, x, rotary, at=None):
-        """at: optional [B, P] positions whose outputs are wanted; keys and values still cover every
-        position, so the result at those positions is exactly that of the full computation."""
+    def heads(self, x):
+        """Queries, keys and values of x [B, T, C], each [B, n_head, T, head_dim]."""
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        return (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in self.qkv(x).split(C, dim=2))
+
+    def forward(self, x, rotary, at=None, cache=None):
+        """at: optional [B, P] positions whose outputs are wanted; keys and values still cover every
+        position, so the result at those positions is exactly that of the full computation. cache: a
+        list that receives the keys and values, for generation to extend (next_token)."""
+        B, T, C = x.shape
+        q, k, v = self.heads(x)
         k = apply_rotary(k, rotary)
+        if cache is not None:
+            cache[:] = [k, v]
         if at is None:
             y = F.scaled_dot_product_attention(apply_rotary(q, rotary), k, v, is_causal=True)
         else:  # queries only at `at`, rotated by their own positions
@@ -95,6 +102,20 @@ class CausalSelfAttention(nn.Module):
             sees = torch.arange(T, device=x.device)[None, None, :] <= at[:, :, None]  # causal, per query
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=sees[:, None])
         return self.proj(y.transpose(1, 2).reshape(B, -1, C))
+
+    def next_token(self, x, rotary, at, cache):
+        """Generation's next step: x [B, 1, C] holds each row's new token, at position at [B]. Its key and
+        value are written into the cache (every earlier position's, room after them), so only the new
+        token passes through the layer."""
+        B, _, C = x.shape
+        q, k, v = self.heads(x)
+        position = tuple(table[at][:, None, None] for table in rotary)
+        keys, values = cache
+        rows = torch.arange(B, device=x.device)
+        keys[rows, :, at], values[rows, :, at] = apply_rotary(k, position)[:, :, 0], v[:, :, 0]
+        sees = torch.arange(keys.shape[2], device=x.device)[None, :] <= at[:, None]  # what is written so far
+        y = F.scaled_dot_product_attention(apply_rotary(q, position), keys, values, attn_mask=sees[:, None, None])
+        return self.proj(y.transpose(1, 2).reshape(B, 1, C))
 
 
 class MLP(nn.Module):
@@ -116,10 +137,16 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout else nn.Identity()  # no random draw without it
 
-    def forward(self, x, rotary, at=None):
+    def forward(self, x, rotary, at=None, cache=None):
         """With `at`, only the outputs at those positions are computed: [B, P, n_embd]."""
         residual = x if at is None else x.gather(1, at[..., None].expand(-1, -1, x.shape[-1]))
-        x = residual + self.drop(self.attn(self.ln_1(x), rotary, at))
+        return self.feed_forward(residual + self.drop(self.attn(self.ln_1(x), rotary, at, cache)))
+
+    def next_token(self, x, rotary, at, cache):
+        """Generation's next step, one token per row (CausalSelfAttention.next_token)."""
+        return self.feed_forward(x + self.drop(self.attn.next_token(self.ln_1(x), rotary, at, cache)))
+
+    def feed_forward(self, x):
         return x + self.drop(self.mlp(self.ln_2(x)))
 
 
@@ -149,20 +176,22 @@ class GPT(nn.Module):
     def n_params(self):
         return sum(p.numel() for p in self.parameters())
 
-    def hidden(self, idx, at=None):
+    def hidden(self, idx, at=None, caches=None):
         """Final hidden states: [B, T, n_embd], or [B, P, n_embd] at the positions `at` [B, P]. The
         last block then computes its attention queries, projection and MLP only where an output is
         read (an answer slot, an explanation token), which saves most of that block's work. On CUDA
-        the blocks run in bfloat16 autocast; everything after them is float32 on every device."""
+        the blocks run in bfloat16 autocast; everything after them is float32 on every device.
+        caches: one empty list per block, which receives its keys and values (generate)."""
         T = idx.shape[1]
         if T > self.cfg.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size={self.cfg.block_size}")
         rotary = rotary_table(T, self.cfg.n_embd // self.cfg.n_head, idx.device)
-        with torch.autocast(idx.device.type, dtype=torch.bfloat16, enabled=idx.device.type == "cuda"):
+        caches = caches or [None] * len(self.blocks)
+        with blocks_precision(idx.device):
             x = self.tok_emb(idx)
-            for block in self.blocks[:-1]:
-                x = block(x, rotary)
-            return self.ln_f(self.blocks[-1](x, rotary, at)).float()
+            for block, cache in zip(self.blocks[:-1], caches):
+                x = block(x, rotary, cache=cache)
+            return self.ln_f(self.blocks[-1](x, rotary, at, caches[-1])).float()
 
     def forward(self, idx):
         """Logits [B, T, vocab] at every position."""
@@ -189,16 +218,36 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens):
-        """Greedy continuation of each prompt by max_new_tokens tokens, batched; returns the new tokens."""
+        """Greedy continuation of each prompt by max_new_tokens tokens, batched; returns the new tokens.
+        The prompts pass through the model once, leaving every block's keys and values in a cache;
+        each new token then passes alone (next_token), attending to the cache, instead of its whole
+        prefix again. The tokens are those of recomputing every prefix (tests/test_model.py)."""
         idx, lengths = self.pad(prompts)
-        idx = torch.cat([idx, idx.new_zeros(len(prompts), max_new_tokens)], dim=1)
-        rows = torch.arange(len(prompts), device=self.device)
-        for _ in range(max_new_tokens):
-            # Causal attention: positions after lengths-1 (padding, not yet written) cannot affect it.
-            h = self.hidden(idx[:, : int(lengths.max())], (lengths - 1)[:, None])[:, 0]
-            idx[rows, lengths] = self.head(h).argmax(dim=-1)
-            lengths = lengths + 1
-        return [row[n - max_new_tokens: n].tolist() for row, n in zip(idx.cpu(), lengths.tolist())]
+        if idx.shape[1] + max_new_tokens - 1 > self.cfg.block_size:
+            raise ValueError(f"{idx.shape[1]} prompt tokens and {max_new_tokens} new exceed block_size="
+                             f"{self.cfg.block_size}")
+        caches = [[] for _ in self.blocks]
+        h = self.hidden(idx, (lengths - 1)[:, None], caches)[:, 0]
+        room = max_new_tokens - 1  # the last new token is never attended to
+        for cache in caches:
+            cache[:] = [torch.cat([t, t.new_zeros(*t.shape[:2], room, t.shape[3])], dim=2) for t in cache]
+        rotary = rotary_table(idx.shape[1] + room, self.cfg.n_embd // self.cfg.n_head, idx.device)
+        new = []
+        for step in range(max_new_tokens):
+            new.append(self.head(h).argmax(dim=-1))
+            if step == room:
+                break
+            with blocks_precision(idx.device):  # the new token, at position lengths + step
+                x = self.tok_emb(new[-1])[:, None]
+                for block, cache in zip(self.blocks, caches):
+                    x = block.next_token(x, rotary, lengths + step, cache)
+            h = self.ln_f(x[:, 0]).float()
+        return torch.stack(new, dim=1).tolist()
+
+
+def blocks_precision(device):
+    """bfloat16 autocast for the blocks on CUDA; float32 elsewhere."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")

@@ -48,15 +48,20 @@ def test_padding_does_not_change_answer_logprobs():
     assert torch.allclose(together.exp().sum(-1), torch.ones(3))
 
 
-def test_batched_greedy_generation_equals_one_prompt_at_a_time():
-    model = tiny()
-    prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9]]
-    batched = model.generate(prompts, max_new_tokens=5)
+def test_cached_batched_greedy_generation_equals_recomputing_each_prompt_alone():
+    model = tiny(lora_rank=2)
+    with torch.no_grad():  # adapters that act, so their path through the cache is checked too
+        for block in model.blocks:
+            block.attn.qkv.lora_b.normal_()
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11], [9]]
+    batched = model.generate(prompts, max_new_tokens=9)  # the longest prompt reaches block_size
     for prompt, out in zip(prompts, batched):
         seq = list(prompt)
-        for _ in range(5):
+        for _ in range(9):
             seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
         assert out == seq[len(prompt):]
+    with pytest.raises(ValueError, match="exceed block_size=16"):
+        model.generate(prompts, max_new_tokens=10)
 
 
 @pytest.mark.parametrize("field, value", [("n_layer", 0), ("n_embd", -8), ("vocab_size", 0), ("lora_rank", -1)])
