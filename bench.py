@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from data import N_UNITS, get_task
 import train
 from config import Parser, check_positive, check_writable, run_command
-from explain import behaviour, pair_cases
+from explain import behaviour, generate_explanations, pair_cases
 from train import (PretrainConfig, lr_at, new_model, new_optimizer, pretrain_loss, provenance, setup, take_step,
                    write_json)
 
@@ -74,7 +74,8 @@ def training_speed(cfg, device, steps):
 
 
 def evaluation_speed(cfg, device, n_items):
-    """Counterfactual pairs per second: batched against one item per forward pass."""
+    """Counterfactual pairs per second, batched against one item per forward pass, and explanations
+    generated per second (batched, four tokens each, with generation's key-value cache)."""
     task = get_task(cfg.task)
     split = task.split(cfg.seed, n_eval=n_items)
     model = new_model(cfg, device).eval()
@@ -88,8 +89,10 @@ def evaluation_speed(cfg, device, n_items):
         synchronize(None, device)
 
     looped = seconds_per_call(one_at_a_time, repeats=3, warmup=0)
+    written = seconds_per_call(lambda: generate_explanations(model, task, items), repeats=5, warmup=1)
     return {"pairs": len(items), "batched_pairs_per_second": len(items) / batched,
-            "looped_pairs_per_second": len(items) / looped, "batched_speedup": looped / batched}
+            "looped_pairs_per_second": len(items) / looped, "batched_speedup": looped / batched,
+            "explanations_per_second": len(items) / written}
 
 
 def peak_memory_mb(device):
@@ -132,6 +135,7 @@ def benchmark(args):
             ("evaluation, batched", f"{evaluation['batched_pairs_per_second']:.0f} pairs/s"),
             ("evaluation, one by one", f"{evaluation['looped_pairs_per_second']:.0f} pairs/s"),
             ("batched speed-up", f"{evaluation['batched_speedup']:.0f}x"),
+            ("generation, batched", f"{evaluation['explanations_per_second']:.0f} explanations/s"),
             ("peak memory", f"{result['peak_memory_mb']:.0f} MB")]
     for name, value in rows:
         print(f"{name:24s} {value}")
