@@ -88,7 +88,8 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x, rotary, at=None, cache=None):
         """at: optional [B, P] positions whose outputs are wanted; keys and values still cover every
         position, so the result at those positions is exactly that of the full computation. cache: a
-        list that receives the keys and values, for generation to extend (next_token)."""
+        list that receives the keys (rotated, so a cached key is never rotated again) and values, for
+        generation to extend (next_token)."""
         B, T, C = x.shape
         q, k, v = self.heads(x)
         k = apply_rotary(k, rotary)
@@ -96,26 +97,32 @@ class CausalSelfAttention(nn.Module):
             cache[:] = [k, v]
         if at is None:
             y = F.scaled_dot_product_attention(apply_rotary(q, rotary), k, v, is_causal=True)
-        else:  # queries only at `at`, rotated by their own positions
+        else:  # queries only at `at`
             q = q.gather(2, at[:, None, :, None].expand(-1, self.n_head, -1, q.shape[-1]))
-            q = apply_rotary(q, tuple(table[at][:, None] for table in rotary))
-            sees = torch.arange(T, device=x.device)[None, None, :] <= at[:, :, None]  # causal, per query
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=sees[:, None])
+            y = attend_from(q, k, v, rotary, at)
         return self.proj(y.transpose(1, 2).reshape(B, -1, C))
 
     def next_token(self, x, rotary, at, cache):
         """Generation's next step: x [B, 1, C] holds each row's new token, at position at [B]. Its key and
-        value are written into the cache (every earlier position's, room after them), so only the new
-        token passes through the layer."""
+        value are written into the cache at that position, so only the new token passes through the
+        layer. (Forward hooks on the block or on this layer do not see these steps.)"""
         B, _, C = x.shape
         q, k, v = self.heads(x)
-        position = tuple(table[at][:, None, None] for table in rotary)
         keys, values = cache
         rows = torch.arange(B, device=x.device)
-        keys[rows, :, at], values[rows, :, at] = apply_rotary(k, position)[:, :, 0], v[:, :, 0]
-        sees = torch.arange(keys.shape[2], device=x.device)[None, :] <= at[:, None]  # what is written so far
-        y = F.scaled_dot_product_attention(apply_rotary(q, position), keys, values, attn_mask=sees[:, None, None])
+        keys[rows, :, at] = apply_rotary(k, tuple(table[at][:, None, None] for table in rotary))[:, :, 0]
+        values[rows, :, at] = v[:, :, 0]
+        y = attend_from(q, keys, values, rotary, at[:, None])
         return self.proj(y.transpose(1, 2).reshape(B, 1, C))
+
+
+def attend_from(q, k, v, rotary, at):
+    """Attention of queries q [B, n_head, P, head_dim] standing at positions at [B, P], rotated by those
+    positions, to the keys and values of every position up to their own. The mask is causal per query:
+    keys past it (a shorter prompt's padding, the cache's room not yet written) are never read."""
+    q = apply_rotary(q, tuple(table[at][:, None] for table in rotary))
+    sees = torch.arange(k.shape[2], device=q.device)[None, None, :] <= at[:, :, None]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=sees[:, None])
 
 
 class MLP(nn.Module):
@@ -221,7 +228,9 @@ class GPT(nn.Module):
         """Greedy continuation of each prompt by max_new_tokens tokens, batched; returns the new tokens.
         The prompts pass through the model once, leaving every block's keys and values in a cache;
         each new token then passes alone (next_token), attending to the cache, instead of its whole
-        prefix again. The tokens are those of recomputing every prefix (tests/test_model.py)."""
+        prefix again. In float32 the tokens are those of recomputing every prefix (tests/test_model.py)."""
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens} must be at least 1")
         idx, lengths = self.pad(prompts)
         if idx.shape[1] + max_new_tokens - 1 > self.cfg.block_size:
             raise ValueError(f"{idx.shape[1]} prompt tokens and {max_new_tokens} new exceed block_size="

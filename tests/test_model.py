@@ -62,6 +62,8 @@ def test_cached_batched_greedy_generation_equals_recomputing_each_prompt_alone()
         assert out == seq[len(prompt):]
     with pytest.raises(ValueError, match="exceed block_size=16"):
         model.generate(prompts, max_new_tokens=10)
+    with pytest.raises(ValueError, match="max_new_tokens=0"):
+        model.generate(prompts, max_new_tokens=0)
 
 
 @pytest.mark.parametrize("field, value", [("n_layer", 0), ("n_embd", -8), ("vocab_size", 0), ("lora_rank", -1)])
