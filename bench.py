@@ -75,7 +75,8 @@ def training_speed(cfg, device, steps):
 
 def evaluation_speed(cfg, device, n_items):
     """Counterfactual pairs per second, batched against one item per forward pass, and explanations
-    generated per second (batched, four tokens each, with generation's key-value cache)."""
+    generated per second (batched, four tokens each, with generation's key-value cache; encoding the
+    queries and decoding the texts included)."""
     task = get_task(cfg.task)
     split = task.split(cfg.seed, n_eval=n_items)
     model = new_model(cfg, device).eval()
