@@ -331,7 +331,7 @@ def boundary_text(line, table, found):
     if found is None:
         side = "couples" if outcomes and np.mean(outcomes[0]) >= 0.5 else "fails"
         runs = ", ".join(f"{v:g} ({int(sum(o))}/{len(o)})" for v, o in zip(levels, outcomes))
-        return f"none: {side} at every level run, {runs}" if levels else "not run"
+        return f"no boundary, {side} at every level run: {runs}" if levels else "not run"
     around = []
     for level in found["bracket"]:
         runs = table[line.point(level)]
@@ -350,7 +350,7 @@ def boundaries_table(texts):
 def readme_lines(texts):
     """One line per task for the README: its reported boundaries (texts: {line: its boundary in words})."""
     where = lambda line: "label noise at the default size" if line.knob == "label noise" else "shift size"
-    return "\n".join(f"- {task}: " + " | ".join(f"{where(line)} {text}" for line, text in texts.items()
+    return "\n".join(f"- {task}: " + " | ".join(f"{where(line)}: {text}" for line, text in texts.items()
                                                if line.task == task and line.reported) for task in MAP_TASKS)
 
 
