@@ -57,7 +57,8 @@ def diagnose(model, probed, items, frozen):
 
 
 def analyse_run(result_path, runs_dir=None):
-    """Probes, activation patching and the diagnosis of a saved run's final explainer, added to its result."""
+    """Probes, activation patching and the diagnosis of a saved run's final explainer, added to its result.
+    They ask the plain query: only the main result's runs, which use it, are analysed."""
     cfg, _, _, probed, items, m0, model = saved_run(result_path, runs_dir)
     result, frozen = read_result(result_path), current_labels(m0, probed, items)[0]  # E(M0), for both
     result.update(probes=probe_explainer(model, probed, items, frozen), patching=patching_effects(model, probed, items),
@@ -89,7 +90,7 @@ def show(cfg: RunConfig, n=3, runs_dir=None, out=print):
     _, _, _, probed, items, m0, model = saved_run(path, runs_dir, cfg.pretrain.device)
     (m0_with, m0_without), (now_with, now_without) = behaviour(m0, probed, items), behaviour(model, probed, items)
     frozen, current = labels_from_behaviour(m0_with, m0_without), labels_from_behaviour(now_with, now_without)
-    queries = queries_for(cfg.query, cfg.seed, probed, now_with, 1)
+    queries = queries_for(cfg.query, cfg.seed, probed, now_with, "held_out")
     explanations = explanations_of(model, probed, items, queries)
     flipped = ~current.matches(frozen)
     text = lambda labels, i: ("malformed" if labels.changed[i] < 0 else

@@ -4,8 +4,8 @@ Each field is declared with option(default, help, low, high, ...): its help text
 is the range every value is checked against before anything runs (nan and inf never pass; upper bounds keep
 memory and time sane), and its metadata says whether it is a runtime setting (how a run executes: device,
 threads, checkpoint interval; never part of a run's identity). science() is what a run's numbers are made
-of. A user error is a ValueError whose message names the value and what is allowed; the
-command lines print it as one line and exit with status 2.
+of. A user error is a UserError (a ValueError) whose message names the value and what is allowed;
+the command lines print it as one line and exit with status 2.
 """
 import argparse
 import math
@@ -23,7 +23,7 @@ SEED_MAX = 2 ** 31 - 1  # seeds go to numpy's and torch's generators; a bound ev
 
 
 def check_range(name, value, low, high, integer=False):
-    """value if it is a finite number in [low, high] (an integer if asked), else a one-line ValueError."""
+    """value if it is a finite number in [low, high] (an integer if asked), else a one-line UserError."""
     kind = "an integer" if integer else "a number"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or not low <= value <= high or (integer and value != int(value)):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import tiktoken
 
-from config import UserError, check_fraction, check_positive
+from config import UserError, check_choice, check_fraction, check_positive
 
 # ---------------------------------------------------------------------------------------------------------
 # Random streams: one seeded generator per purpose, so adding a draw to one purpose never moves another's
@@ -39,7 +39,7 @@ RNG_STREAMS = {
     "label_mix": (5, 5),  # which labels come from another source
     "world_variation": (6,),  # which units of M0's world differ from the task's world
     "feature_items": (7,),  # + purpose, word: the items that ask about a word M0 learnt (features.TriggerTask)
-    "query_answers": (8,),  # + purpose: the random answers placed in the explanation query (query "random answer")
+    "query_answers": (8,),  # + explain.QUERY_PURPOSE[purpose]: the answer in a "random answer" query
 }
 
 
@@ -173,7 +173,8 @@ class Task:
         raise NotImplementedError
 
     def random_item(self, rng, world, units):
-        """A counterfactual item: a case with C, chosen so that C pushes against the default answer."""
+        """A counterfactual item: a case with C (on most tasks chosen so that C pushes against the
+        default answer; refusal draws its three parts uniformly)."""
         raise NotImplementedError
 
     def eligible_for_shift(self, world, units, direction):
@@ -463,6 +464,4 @@ TASKS = {task.name: task for task in (HintTask(), JudgementTask(), RefusalTask()
 
 
 def get_task(name):
-    if name not in TASKS:
-        raise UserError(f"task={name!r} is unknown; allowed: {', '.join(TASKS)}")
-    return TASKS[name]
+    return TASKS[check_choice("task", name, TASKS)]

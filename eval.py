@@ -27,7 +27,7 @@ from metrics import balanced, coupling_metrics, failure_kind
 from model import pick_device
 from train import (REPO, ExplainConfig, PretrainConfig, active_phase, behaviour_accuracy, case_logprobs, explainer_from,
                    kl_to_reference, m0_path, pretrain, provenance, save_checkpoint, train_explainer, write_json)
-import train
+import train  # train.RUNS_DIR read when called, so a test can point it elsewhere
 
 REFERENCE = os.path.join(REPO, "results")  # the published reference: read, never written by a user's command
 
@@ -275,9 +275,6 @@ class Validation:
         return accuracy
 
 
-CHECK_PURPOSE = {"explained": 2, "unlabelled": 3}  # the word checks' streams of random answers (queries_for)
-
-
 class Evaluator:
     """Called by stage B at every evaluation: E(M_t) from the current behaviour on the held-out pairs
     (held_out), the generated explanations scored against it (Self) and against E(M0) (Orig), the task
@@ -307,7 +304,7 @@ class Evaluator:
         current, logp = current_labels(model, self.probed, self.items)
         with_c = answers_with_c(logp)
         explanations = explanations_of(model, self.probed, self.items,
-                                       queries_for(self.cfg.query, self.cfg.seed, self.probed, with_c, 1))
+                                       queries_for(self.cfg.query, self.cfg.seed, self.probed, with_c, "held_out"))
         metrics = coupling_metrics(explanations, current, self.original, with_c, self.shifted)
         phase = active_phase([p.start for p in self.phases], max(step - 1, 0))  # what the last step trained
         metrics.update(step=step, seconds=round(time.time() - self.t0, 2), **losses,
@@ -323,8 +320,7 @@ class Evaluator:
             metrics["validation"] = self.validation(len(self.curve), model)
         for kind, items in self.checks.items():  # the words M0 learnt: explained_* and unlabelled_*
             now, check_logp = current_labels(model, self.probed, items)
-            asked = queries_for(self.cfg.query, self.cfg.seed, self.probed, answers_with_c(check_logp),
-                                CHECK_PURPOSE[kind])
+            asked = queries_for(self.cfg.query, self.cfg.seed, self.probed, answers_with_c(check_logp), kind)
             said = explanations_of(model, self.probed, items, asked)
             metrics.update({f"{kind}_self": mean_or_nan(said.matches(now)),
                             f"{kind}_orig": mean_or_nan(said.matches(self.checks_original[kind])),
@@ -364,7 +360,7 @@ def run_coupling(cfg: RunConfig, out_path=None, runs_dir=None, log=print):
     # Self and Orig are measured every eval_every steps.
     model = explainer_from(m0, cfg.explain.lora_rank, cfg.explain.dropout)
     explain_data = explanation_data(labelled, explain_items, train_labels,  # own answer: M0's, as the labels
-                                    queries_for(cfg.query, cfg.seed, labelled, m0_with_c, 0))
+                                    queries_for(cfg.query, cfg.seed, labelled, m0_with_c, "explain"))
     shift_data = [(p.start, [(probed.encode(c), probed.teacher(p.world, c)) for c in p.cases]) for p in phases]
     kl_data = kl_prompts(cfg, labelled, explain_items, m0, shifted)
     train_explainer(model, cfg.explain, cfg.seed, explain_data, shift_data, kl_data, task.answer_ids, evaluate)
@@ -439,7 +435,7 @@ def check_out_path(out, cfg: RunConfig, runs_dir=None):
     check_writable(os.path.dirname(out_abs), f"--out={out}")
 
 
-RUNTIME_FLAGS = ("device", "threads", "checkpoint_every")  # PretrainConfig's runtime settings, flags of their own
+RUNTIME_FLAGS = tuple(f.name for f in fields(PretrainConfig) if f.metadata.get("runtime"))  # flags of their own
 
 
 def add_run_flags(parser, defaults=None):

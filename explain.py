@@ -63,9 +63,14 @@ def split_pairs(answers):
     return answers[:half], answers[half:]
 
 
+def answer_pairs(logp):
+    """(answers with C, answers without C) from log-probabilities over pair_cases(...)."""
+    return split_pairs(logp.argmax(-1).numpy())
+
+
 def behaviour(model, task, items):
     """B(M): answers with C and without C for each item, in one batched pass over both."""
-    return split_pairs(case_logprobs(model, task, pair_cases(task, items)).argmax(-1).numpy())
+    return answer_pairs(case_logprobs(model, task, pair_cases(task, items)))
 
 
 def labels_from_behaviour(with_c, without_c):
@@ -76,12 +81,12 @@ def labels_from_behaviour(with_c, without_c):
 def current_labels(model, task, items):
     """E(M) on items, and the answer log-probabilities over pair_cases(task, items) it was read from."""
     logp = case_logprobs(model, task, pair_cases(task, items))
-    return labels_from_behaviour(*split_pairs(logp.argmax(-1).numpy())), logp
+    return labels_from_behaviour(*answer_pairs(logp)), logp
 
 
 def answers_with_c(logp):
     """The answers with C from current_labels' log-probabilities (the first half of the pair cases)."""
-    return split_pairs(logp.argmax(-1).numpy())[0]
+    return answer_pairs(logp)[0]
 
 
 def explanation_query(task, case, query=QUERY):
@@ -89,13 +94,16 @@ def explanation_query(task, case, query=QUERY):
     return task.render_body(case) + query.format(feature=task.feature_of(case))
 
 
+QUERY_PURPOSE = {"explain": 0, "held_out": 1, "explained": 2, "unlabelled": 3}  # each its own random answers
+
+
 def queries_for(kind, seed, task, with_c, purpose):
     """The query of each item (with_c: the model's answers with C, one per item) under a QUERY_KINDS kind;
     with an answer in the slot, the model's own or, with "random answer", one drawn once from the seed for
-    this purpose (0: explanation items, 1: held-out items, 2 and 3: word checks)."""
+    this purpose (a QUERY_PURPOSE: the explanation items, the held-out items, the two word checks)."""
     if kind in ("plain", "slot"):
         return [QUERY if kind == "plain" else task.slot + QUERY] * len(with_c)
-    drawn = rng(seed, "query_answers", purpose).integers(len(task.answers), size=len(with_c))
+    drawn = rng(seed, "query_answers", QUERY_PURPOSE[purpose]).integers(len(task.answers), size=len(with_c))
     return [f"{task.slot} {task.answers[a]}{QUERY}" for a in (with_c if kind == "own answer" else drawn)]
 
 
@@ -207,8 +215,8 @@ def mix_labels(own, other, fraction, rng):
 
 def add_label_noise(task, labels, with_c, fraction, rng):
     """Flip the verdict of exactly round(fraction * n) labels, keeping each one a label the task could
-    produce given the answer with C: a "remain X" becomes "change to Y" with Y != X drawn at random, and
-    a "change to Y" becomes "remain Z", Z being the answer with C. Returns (labels, flipped indices)."""
+    produce given the answer with C: a "remain X" becomes "become Y" with Y != X drawn at random, and
+    a "become Y" becomes "remain Z", Z being the answer with C. Returns (labels, flipped indices)."""
     flip = exact_fraction(len(labels), check_fraction("label noise", fraction), rng)
     changed, answer = labels.changed.copy(), labels.answer.copy()
     n_answers = len(task.answers)

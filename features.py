@@ -84,7 +84,7 @@ class TriggerTask(Task):
         return self.base.random_case(rng, units) + (int(rng.integers(1, len(self.words))) if explained else -1,)
 
     def random_item(self, rng, world, units):
-        """A case with the held-out word (the shift's cases and the held-out items)."""
+        """A case with the held-out word (the shift's cases)."""
         return self.base.random_case(rng, units) + (0,)
 
     def word_items(self, seed, world, units, n, purpose):

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from config import UserError
+from config import UserError, check_choice
 
 
 @dataclass
@@ -90,7 +90,7 @@ class CausalSelfAttention(nn.Module):
         position, so the result at those positions is exactly that of the full computation. cache: a
         list that receives the keys (rotated, so a cached key is never rotated again) and values, for
         generation to extend (next_token)."""
-        B, T, C = x.shape
+        B, _, C = x.shape
         q, k, v = self.heads(x)
         k = apply_rotary(k, rotary)
         if cache is not None:
@@ -271,9 +271,7 @@ def pick_device(name="auto"):
             return torch.device("mps")
         return torch.device("cpu")
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    if name not in available:
-        raise UserError(f"device={name!r} is unknown; allowed: {', '.join(DEVICES)}")
-    if not available[name]:
+    if not available[check_choice("device", name, DEVICES)]:
         raise UserError(f"device={name!r} is not available on this machine; use auto or cpu")
     return torch.device(name)
 

@@ -4,7 +4,7 @@ M0 is pretrained here on a task's behaviour (cases with and without C, answers f
 teacher). Stage B fine-tunes a copy of M0 on token sequences whose loss covers only their
 target tokens (the explanations), plus lambda * KL(current || M0) on the answer distribution of task
 prompts, plus, optionally, a concurrent behaviour-shift objective. Stage B is generic: it never needs
-to know what the sequences say; explain.py builds them and eval.py runs the experiments.
+to know what the sequences say; explain.py builds them, eval.py runs one run, experiments.py the suites.
 
 Every step's batch is drawn from a generator seeded by (seed, step), so a run resumed from a checkpoint
 sees exactly the batches an uninterrupted run would have seen. Each stage's settings are a dataclass
@@ -35,7 +35,7 @@ from data import N_UNITS, TASKS, TOKENIZER, get_task, rng, token_id, tokenizer_f
 from features import MAX_WORDS, TriggerTask
 from model import DEVICES, GPT, GPTConfig, pick_device, processors
 
-BLOCK_SIZE = 48
+BLOCK_SIZE = 48  # a guard only (rotary positions need no table): every prompt with its explanation fits
 REPO = os.path.dirname(os.path.abspath(__file__))
 RUNS_DIR = os.path.join(REPO, "runs")  # the user's one ignored folder: checkpoints and their own results
 LOG_EVERY = 100  # pretraining prints a progress line every LOG_EVERY steps and at the last step
@@ -138,7 +138,38 @@ def write_json(obj, path):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Losses shared by both stages
+# Shared by both stages: the learning-rate schedule, the optimizer, one step, the finite-loss check
+
+def lr_at(step, cfg):
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def new_optimizer(model, lr, weight_decay=0.0):
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(trainable, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay, fused=True)
+
+
+def take_step(model, optimizer, loss, lr, grad_clip=None, but_units=None):
+    """One optimizer step at learning rate lr. but_units: (another loss, token ids): its
+    gradient is added too, but not on those tokens' embedding rows."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    if but_units is not None:
+        other, rows = but_units
+        hook = model.tok_emb.weight.register_hook(lambda grad: grad.index_fill(0, rows, 0.0))
+        other.backward()
+        hook.remove()
+    if torch.is_tensor(loss) and loss.requires_grad:
+        loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+
 
 def check_finite(loss, step, stage, lower):
     """Stop at the first nan or infinite loss (every later step would be wasted), saying what to lower."""
@@ -179,7 +210,7 @@ class PretrainConfig:
 
 def behaviour_task(cfg: PretrainConfig):
     """The behaviour M0 learns: the task, and its feature_words on top if any (features.TriggerTask)."""
-    task = get_task(cfg.task)
+    task = get_task(cfg.task)  # the words' effects depend on their number only: which are labelled is the run's
     return TriggerTask(task, cfg.feature_words) if cfg.feature_words else task
 
 
@@ -193,14 +224,6 @@ def task_world(task, cfg: PretrainConfig):
         world, _ = task.shift(world, rng(seed, "world_variation"), np.arange(N_UNITS), cfg.world_variation,
                               direction)
     return world
-
-
-def lr_at(step, cfg):
-    """Linear warm-up, then cosine decay to a tenth of the peak (both stages)."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 @torch.no_grad()
@@ -237,37 +260,12 @@ def new_model(cfg: PretrainConfig, device):
                          n_head=cfg.n_head, n_embd=cfg.n_embd)).to(device)
 
 
-def new_optimizer(model, lr, weight_decay=0.0):
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(trainable, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay, fused=True)
-
-
-def take_step(model, optimizer, loss, lr, grad_clip=None, but_units=None):
-    """One optimizer step at learning rate lr (both stages). but_units: (another loss, token ids): its
-    gradient is added too, but not on those tokens' embedding rows."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    optimizer.zero_grad(set_to_none=True)
-    if but_units is not None:
-        other, rows = but_units
-        hook = model.tok_emb.weight.register_hook(lambda grad: grad.index_fill(0, rows, 0.0))
-        other.backward()
-        hook.remove()
-    if torch.is_tensor(loss) and loss.requires_grad:
-        loss.backward()
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-
-
 def pretrain_loss(model, task, world, cfg: PretrainConfig, step):
     """The loss on pretraining step `step`'s batch: the teacher's answer after each prompt."""
     draws = rng(cfg.seed, "pretrain_batches", step)
     cases = [task.random_case(draws, np.arange(N_UNITS)) for _ in range(cfg.batch_size)]
-    idx, lengths = model.pad([task.encode(c) for c in cases])
     answers = torch.tensor([task.teacher(world, c) for c in cases], device=model.device)
-    answer_h = model.hidden(idx, (lengths - 1)[:, None])[:, 0]
-    return F.nll_loss(model.answer_logprobs_from_hidden(answer_h, task.answer_ids), answers)
+    return F.nll_loss(model.answer_logprobs([task.encode(c) for c in cases], task.answer_ids), answers)
 
 
 def m0_path(cfg: PretrainConfig, runs_dir=None):

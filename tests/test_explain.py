@@ -126,7 +126,7 @@ def test_the_slot_query_keeps_the_prompts_own_answer_slot_before_the_question():
     task = get_task("hint")
     case = task.random_case(np.random.default_rng(0), np.arange(10))
     question = explain.QUERY.format(feature=task.feature)
-    assert explain.explanation_query(task, case, explain.queries_for("plain", 0, task, [1], 1)[0]) == task.render_body(case) + question
-    assert explain.explanation_query(task, case, explain.queries_for("slot", 0, task, [1], 1)[0]) == task.render(case) + question
-    own = explain.queries_for("own answer", 0, task, [2], 1)
+    assert explain.explanation_query(task, case, explain.queries_for("plain", 0, task, [1], "held_out")[0]) == task.render_body(case) + question
+    assert explain.explanation_query(task, case, explain.queries_for("slot", 0, task, [1], "held_out")[0]) == task.render(case) + question
+    own = explain.queries_for("own answer", 0, task, [2], "held_out")
     assert explain.explanation_query(task, case, own[0]) == task.render(case) + " C" + question
