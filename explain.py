@@ -57,15 +57,11 @@ def pair_cases(task, items):
     return list(items) + [task.without_feature(c) for c in items]
 
 
-def split_pairs(answers):
-    """Answers over pair_cases(...) back into (answers with C, answers without C)."""
-    half = len(answers) // 2
-    return answers[:half], answers[half:]
-
-
 def answer_pairs(logp):
     """(answers with C, answers without C) from log-probabilities over pair_cases(...)."""
-    return split_pairs(logp.argmax(-1).numpy())
+    answers = logp.argmax(-1).numpy()
+    half = len(answers) // 2
+    return answers[:half], answers[half:]
 
 
 def behaviour(model, task, items):

@@ -204,11 +204,6 @@ class GPT(nn.Module):
         """Logits [B, T, vocab] at every position."""
         return self.head(self.hidden(idx))
 
-    def answer_logprobs_from_hidden(self, h, answer_ids):
-        """Log-probabilities over a fixed answer set, renormalised over those tokens, from hidden
-        states [..., n_embd]. Only the answer rows of the output head are computed."""
-        return F.log_softmax((h @ self.head.weight[answer_ids].T).float(), dim=-1)
-
     def pad(self, sequences):
         """Right-pad lists of token ids into one tensor; returns (idx [B, T], lengths [B])."""
         lengths = np.array([len(s) for s in sequences])
@@ -219,9 +214,11 @@ class GPT(nn.Module):
 
     def answer_logprobs(self, prompts, answer_ids):
         """The model's behaviour on a task: log-probabilities over the answer set after each prompt
-        of a batch of different lengths, [B, len(answer_ids)]."""
+        of a batch of different lengths, [B, len(answer_ids)], renormalised over those tokens. Only the
+        answer rows of the output head are computed."""
         idx, lengths = self.pad(prompts)
-        return self.answer_logprobs_from_hidden(self.hidden(idx, (lengths - 1)[:, None])[:, 0], answer_ids)
+        h = self.hidden(idx, (lengths - 1)[:, None])[:, 0]
+        return F.log_softmax((h @ self.head.weight[answer_ids].T).float(), dim=-1)
 
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens):
