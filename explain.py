@@ -107,12 +107,16 @@ def explanation_text(task, changed, answer):
     return (CHANGE if changed else REMAIN).format(answer=task.answers[answer])
 
 
-def explanation_data(task, items, labels, query=QUERY):
-    """Training sequences for stage B: (query ids, target ids) per item. query: one for every item, or a
-    list with one per item."""
+def explanation_prompts(task, items, query=QUERY):
+    """Each item's explanation query as token ids. query: one for every item, or a list with one per item."""
     queries = [query] * len(items) if isinstance(query, str) else query
-    return [(encode(explanation_query(task, case, q)), encode(explanation_text(task, c, a)))
-            for case, q, c, a in zip(items, queries, labels.changed, labels.answer)]
+    return [encode(explanation_query(task, case, q)) for case, q in zip(items, queries)]
+
+
+def explanation_data(task, items, labels, query=QUERY):
+    """Training sequences for stage B: (query ids, target ids) per item."""
+    return [(prompt, encode(explanation_text(task, c, a)))
+            for prompt, c, a in zip(explanation_prompts(task, items, query), labels.changed, labels.answer)]
 
 
 def parse_explanation(task, text):
@@ -148,15 +152,10 @@ def parse_leniently(task, text):
 
 
 def generate_explanations(model, task, items, query=QUERY, batch_size=1024):
-    """The model's own explanations of the items as text, generated greedily. query: one query for every
-    item, or a list with one per item."""
-    queries = [query] * len(items) if isinstance(query, str) else query
-    texts = []
-    for i in range(0, len(items), batch_size):
-        prompts = [encode(explanation_query(task, c, q)) for c, q in zip(items[i: i + batch_size],
-                                                                           queries[i: i + batch_size])]
-        texts += [decode(tokens) for tokens in model.generate(prompts, EXPLANATION_TOKENS)]
-    return texts
+    """The model's own explanations of the items as text, generated greedily (query: as explanation_prompts)."""
+    prompts = explanation_prompts(task, items, query)
+    return [decode(tokens) for i in range(0, len(prompts), batch_size)
+            for tokens in model.generate(prompts[i: i + batch_size], EXPLANATION_TOKENS)]
 
 
 def read_explanations(task, texts, parse=parse_explanation):

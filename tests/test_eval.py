@@ -110,6 +110,11 @@ def tiny_run(tmp_path, analyse=False, **kw):
     return json.loads(path.read_text())
 
 
+def test_the_analysis_of_a_saved_run_refuses_a_run_that_asked_another_query(tmp_path):
+    with pytest.raises(ValueError, match="analyse_run asks the plain query; .* asked 'slot'"):
+        tiny_run(tmp_path, analyse=True, query="slot")
+
+
 def test_a_short_end_to_end_run_writes_a_valid_results_file(tmp_path):
     result = tiny_run(tmp_path)
     assert result["config"]["task"] == "refusal" and result["config"]["seed"] == 1
