@@ -25,7 +25,7 @@ class GPTConfig:
     n_head: int = 4
     n_embd: int = 64
     lora_rank: int = 0  # 0: no adapters; r > 0 adds rank-r adapters to every attention and MLP projection
-    lora_alpha: float = 16.0
+    lora_alpha: float = 16.0  # the adapters' update is scaled by alpha / rank, LoRA's convention
     dropout: float = 0.0  # on each block's attention and MLP outputs, in training mode only
 
     def __post_init__(self):
