@@ -59,10 +59,11 @@ def diagnose(model, probed, items, frozen):
 def analyse_run(result_path, runs_dir=None):
     """Probes, activation patching and the diagnosis of a saved run's final explainer, added to its result.
     They ask the plain query: only the main result's runs, which use it, are analysed."""
-    cfg, _, _, probed, items, m0, model = saved_run(result_path, runs_dir)
-    if cfg.query != "plain":
-        raise ValueError(f"analyse_run asks the plain query; {result_path} asked {cfg.query!r}")
-    result, frozen = read_result(result_path), current_labels(m0, probed, items)[0]  # E(M0), for both
+    result = read_result(result_path)
+    if result["config"]["query"] != "plain":  # refused before either model is loaded
+        raise ValueError(f"analyse_run asks the plain query; {result_path} asked {result['config']['query']!r}")
+    _, _, _, probed, items, m0, model = saved_run(result_path, runs_dir)
+    frozen = current_labels(m0, probed, items)[0]  # E(M0), for both
     result.update(probes=probe_explainer(model, probed, items, frozen), patching=patching_effects(model, probed, items),
                   diagnosis=diagnose(model, probed, items, frozen))
     write_json(result, result_path)
